@@ -17,6 +17,7 @@ import numpy as np
 
 __all__ = [
     "namespace_and_device",
+    "device_of",
     "is_real_floating",
     "eps",
     "solve_triangular",
@@ -68,6 +69,11 @@ def namespace_and_device(*arrays: Any) -> tuple[Any, Any]:
         if d != first:
             raise TypeError(f"all arrays in one call must be on one device, got {first} and {d}")
     return xp, first
+
+
+def device_of(x: Any) -> Any:
+    """Device of one array."""
+    return array_api_compat.device(x)
 
 
 def is_real_floating(xp: Any, x: Any) -> bool:
