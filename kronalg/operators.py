@@ -182,7 +182,7 @@ class KronSum(KronOperator):
 
     Parameters
     ----------
-    terms : list of (array of shape (p, q), array of shape (r, s)) pairs, or pair of arrays of shapes (k, p, q), (k, r, s)
+    terms : list of (A_i, B_i) pairs of shapes (p, q), (r, s), or a pair of arrays (k, p, q), (k, r, s)
         The factors, as pairs or as two stacked arrays.
 
     Attributes
@@ -234,7 +234,7 @@ class KronSum(KronOperator):
         check_floating(xp, As, "terms")
         self.xp, self.device, self.dtype = xp, device, As.dtype
         self._As, self._Bs = As, Bs
-        k, p, q = As.shape
+        _, p, q = As.shape
         _, r, s = Bs.shape
         self.a_shape, self.b_shape = (p, q), (r, s)
         self.shape = (p * r, q * s)
