@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -25,7 +27,7 @@ def test_nearest_matches_svd_reference(backend, dtype, rng, rank, a, b):
     rank = min(rank, a[0] * a[1], b[0] * b[1])
     K = nearest_kronecker(backend.asarray(M, dtype), a, b, rank=rank, method="svd")
     assert len(K) == rank and K.a_shape == a and K.b_shape == b
-    A0, B0 = K.factors[0]
+    A0, _ = K.factors[0]
     assert_backend_array(backend, A0, dtype)
     ref, S = _reference(M, a, b, rank)
     rtol = 1e-4 if dtype == "float32" else 1e-10
@@ -99,7 +101,7 @@ def test_nearest_error_is_the_tail_of_the_spectrum(p, q, r, s, seed):
         err = np.linalg.norm(M - K.to_dense())
         assert err == pytest.approx(np.sqrt(np.sum(S[k:] ** 2)), abs=1e-9 * max(1, np.linalg.norm(M)))
         errors.append(err)
-    assert all(e2 <= e1 + 1e-12 for e1, e2 in zip(errors, errors[1:]))
+    assert all(e2 <= e1 + 1e-12 for e1, e2 in itertools.pairwise(errors))
 
 
 # --- bad input ------------------------------------------------------------------------
