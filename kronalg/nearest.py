@@ -18,8 +18,9 @@ import dataclasses
 import math
 from typing import Any
 
-from ._backend import device_of, eps, namespace_and_device
+from ._backend import eps, namespace_and_device
 from ._checks import check_finite, check_floating, check_shape_pair
+from ._linalg import column_signs, sign_of
 from ._vec import rearrange_blocks
 from .operators import KronSum, SampleKronSum
 
@@ -100,20 +101,6 @@ def _validate(M: Any, a_shape: Any, b_shape: Any, rank: Any, method: str) -> tup
     return xp, a, b, symmetric
 
 
-def _column_signs(xp: Any, U: Any) -> Any:
-    """Sign making the largest-magnitude entry of each column positive (``svd_flip``)."""
-    m, k = U.shape
-    idx = xp.argmax(xp.abs(U), axis=0)
-    flat = xp.reshape(xp.matrix_transpose(U), (-1,))
-    pivots = xp.take(flat, idx + xp.arange(k, dtype=idx.dtype, device=device_of(U)) * m)
-    return _sign_of(xp, pivots)
-
-
-def _sign_of(xp: Any, x: Any) -> Any:
-    """``-1`` where ``x < 0``, else ``+1``, in the dtype of ``x``."""
-    return 1.0 - 2.0 * xp.astype(x < 0, x.dtype)
-
-
 def factors_from_triplets(
     xp: Any, U: Any, S: Any, Vh: Any, a_shape: tuple, b_shape: tuple, *, symmetric: bool
 ) -> tuple[Any, Any]:
@@ -142,14 +129,14 @@ def factors_from_triplets(
     Bs : array of shape (k, r, s)
     """
     k = S.shape[0]
-    signs = _column_signs(xp, U)
+    signs = column_signs(xp, U)
     root = xp.sqrt(xp.clip(S, 0.0, None))
     As = xp.reshape(xp.matrix_transpose(U), (k, *a_shape)) * (signs * root)[:, None, None]
     Bs = xp.reshape(Vh, (k, *b_shape)) * (signs * root)[:, None, None]
     if symmetric:
         A0 = 0.5 * (As[0, ...] + xp.matrix_transpose(As[0, ...]))
         B0 = 0.5 * (Bs[0, ...] + xp.matrix_transpose(Bs[0, ...]))
-        trace_sign = _sign_of(xp, xp.linalg.trace(A0))
+        trace_sign = sign_of(xp, xp.linalg.trace(A0))
         As = xp.concat([(trace_sign * A0)[None, ...], As[1:, ...]])
         Bs = xp.concat([(trace_sign * B0)[None, ...], Bs[1:, ...]])
     return As, Bs

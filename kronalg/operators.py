@@ -23,7 +23,15 @@ from ._backend import namespace_and_device
 from ._checks import check_finite, check_floating, check_keep, check_same_dtype
 from ._vec import rearrange_blocks, unvec, vec
 
-__all__ = ["KronOperator", "KronSum", "SampleKronSum", "RearrangedOperator"]
+__all__ = [
+    "KronOperator",
+    "KronSum",
+    "SampleKronSum",
+    "RearrangedOperator",
+    "MatrixOperator",
+    "CallableOperator",
+    "as_operator",
+]
 
 # Above this many entries an n×n Gram matrix is built in row blocks.
 _GRAM_BLOCK_ENTRIES = 1 << 22
@@ -720,3 +728,122 @@ class SampleKronSum(KronOperator):
             f"SampleKronSum({self.n_samples} {self.kind} samples, A: {self.a_shape}, B: {self.b_shape}, "
             f"dtype={self.dtype})"
         )
+
+
+# ---------------------------------------------------------------------------
+# Wrapping anything operator-like
+# ---------------------------------------------------------------------------
+class MatrixOperator(KronOperator):
+    """A dense matrix seen as an operator.
+
+    Parameters
+    ----------
+    M : array of shape (m, n)
+        Real floating matrix of any backend.
+    """
+
+    def __init__(self, M: Any):
+        xp, device = namespace_and_device(M)
+        if M.ndim != 2:
+            raise ValueError(f"`op` must be a 2-D matrix or an operator, got an array of shape {tuple(M.shape)}")
+        check_floating(xp, M, "op")
+        self.xp, self.device, self.dtype, self.shape = xp, device, M.dtype, (M.shape[0], M.shape[1])
+        self.matrix = M
+
+    def _reference_array(self) -> Any:
+        return self.matrix
+
+    def _matvec(self, x: Any) -> Any:
+        return self.matrix @ x
+
+    def _rmatvec(self, y: Any) -> Any:
+        return self.xp.matrix_transpose(self.matrix) @ y
+
+    _matmat = _matvec
+    _rmatmat = _rmatvec
+
+    def to_dense(self) -> Any:
+        """Return the matrix itself."""
+        return self.matrix
+
+
+class CallableOperator(KronOperator):
+    """A duck-typed operator (``shape``, ``dtype``, ``matvec``, ``rmatvec``) in a known namespace.
+
+    ``scipy.sparse.linalg.LinearOperator`` and any object with those attributes
+    work; objects without ``xp``/``device`` attributes are taken to be NumPy.
+
+    Parameters
+    ----------
+    op : object
+        Has ``shape``, ``dtype``, ``matvec`` and ``rmatvec`` (``matmat``/``rmatmat`` optional).
+    """
+
+    def __init__(self, op: Any):
+        for attr in ("shape", "dtype", "matvec", "rmatvec"):
+            if not hasattr(op, attr):
+                raise TypeError(
+                    f"`op` must be a matrix or an operator with shape, dtype, matvec and rmatvec; "
+                    f"{type(op).__name__} has no `{attr}`"
+                )
+        self.op = op
+        xp = getattr(op, "xp", None)
+        if xp is None:
+            import array_api_compat.numpy as xp  # scipy LinearOperator and other host operators
+
+            self.device = "cpu"
+        else:
+            self.device = getattr(op, "device", None)
+        self.xp = xp
+        self.shape = (int(op.shape[0]), int(op.shape[1]))
+        self.dtype = self._native_dtype(op.dtype)
+        self._has_matmat = hasattr(op, "matmat") and hasattr(op, "rmatmat")
+
+    def _native_dtype(self, dtype: Any) -> Any:
+        import numpy as np
+
+        if self.xp.__name__.endswith("numpy"):
+            return np.dtype(dtype)
+        return dtype
+
+    def _reference_array(self) -> Any:
+        return None
+
+    def _check_operand(self, x: Any, ndim: int, n: int, name: str) -> None:
+        if x.ndim != ndim or x.shape[0] != n:
+            want = f"({n},)" if ndim == 1 else f"({n}, k)"
+            raise ValueError(f"`{name}` must have shape {want} for an operator of shape {self.shape}, got {x.shape}")
+
+    def _matvec(self, x: Any) -> Any:
+        return self.op.matvec(x)
+
+    def _rmatvec(self, y: Any) -> Any:
+        return self.op.rmatvec(y)
+
+    def _matmat(self, X: Any) -> Any:
+        return self.op.matmat(X) if self._has_matmat else super()._matmat(X)
+
+    def _rmatmat(self, Y: Any) -> Any:
+        return self.op.rmatmat(Y) if self._has_matmat else super()._rmatmat(Y)
+
+
+def as_operator(op: Any) -> KronOperator:
+    """Wrap a matrix, a kronalg operator, or a duck-typed operator as a :class:`KronOperator`.
+
+    Parameters
+    ----------
+    op : array of shape (m, n), KronOperator, or operator-like
+        Operator-like objects have ``shape``, ``dtype``, ``matvec``, ``rmatvec``
+        (``scipy.sparse.linalg.LinearOperator`` qualifies, on NumPy).
+
+    Returns
+    -------
+    KronOperator
+    """
+    if isinstance(op, KronOperator):
+        return op
+    import array_api_compat
+
+    if array_api_compat.is_array_api_obj(op):
+        return MatrixOperator(op)
+    return CallableOperator(op)
