@@ -22,12 +22,17 @@ from ._backend import eps, namespace_and_device
 from ._checks import check_finite, check_floating, check_shape_pair
 from ._linalg import column_signs, sign_of
 from ._vec import rearrange_blocks
-from .operators import KronSum, SampleKronSum
+from .gram import GRAM_MAX_COEFFICIENTS, gram_problem, gram_svd
+from .operators import KronSum, MatrixOperator, SampleKronSum
+from .results import SVDResult
 
-__all__ = ["NearestKroneckerInfo", "nearest_kronecker", "NEAREST_METHODS"]
+__all__ = ["NearestKroneckerInfo", "nearest_kronecker", "gram_size", "NEAREST_METHODS"]
 
-#: Methods implemented today; the iterative ones arrive with the iterative engines.
-NEAREST_METHODS = ("auto", "svd")
+#: The methods of :func:`nearest_kronecker`.
+NEAREST_METHODS = ("auto", "svd", "gram", "power", "deflation", "lanczos", "randomized")
+
+#: ``"auto"`` uses the dense SVD for dense input while ``min(p·q, r·s)`` is at most this.
+AUTO_DENSE_SVD_MAX = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,24 +147,138 @@ def factors_from_triplets(
     return As, Bs
 
 
-def _nearest_svd(xp: Any, M: Any, a: tuple, b: tuple, rank: int, symmetric: bool) -> KronSum:
-    if isinstance(M, (KronSum, SampleKronSum)):
-        R = M.rearranged.to_dense()
+def _x0_triplets(xp: Any, x0: Any, a: tuple, b: tuple) -> SVDResult | None:
+    """A previous answer (KronSum or (A, B) pair) as normalized triplets of ``R(M)``."""
+    if x0 is None:
+        return None
+    if isinstance(x0, KronSum):
+        As, Bs = x0.stacked
+    elif isinstance(x0, (tuple, list)) and len(x0) == 2:
+        As, Bs = x0[0][None, ...], x0[1][None, ...]
     else:
-        R = rearrange_blocks(xp, M, a, b)
+        raise TypeError(f"`x0` must be a KronSum or an (A, B) pair from a previous call, got {type(x0).__name__}")
+    if tuple(As.shape[1:]) != tuple(a) or tuple(Bs.shape[1:]) != tuple(b):
+        raise ValueError(
+            f"`x0` has factors {tuple(As.shape[1:])} ⊗ {tuple(Bs.shape[1:])}, expected {tuple(a)} ⊗ {tuple(b)}"
+        )
+    k = As.shape[0]
+    Af, Bf = xp.reshape(As, (k, -1)), xp.reshape(Bs, (k, -1))
+    na = xp.sqrt(xp.sum(Af**2, axis=1))
+    nb = xp.sqrt(xp.sum(Bf**2, axis=1))
+    tiny = xp.finfo(Af.dtype).tiny
+    U = xp.matrix_transpose(Af / xp.clip(na, tiny, None)[:, None])
+    Vh = Bf / xp.clip(nb, tiny, None)[:, None]
+    return SVDResult(U, na * nb, Vh)
+
+
+def _dense_or_implicit_norm(xp: Any, M: Any) -> float:
+    if isinstance(M, (KronSum, SampleKronSum)):
+        return float(M.fro_norm())
+    return float(xp.sqrt(xp.sum(M**2)))
+
+
+def _rearranged_operator(xp: Any, M: Any, a: tuple, b: tuple) -> Any:
+    if isinstance(M, (KronSum, SampleKronSum)):
+        return M.rearranged
+    return MatrixOperator(rearrange_blocks(xp, M, a, b))
+
+
+def _resolve_auto(M: Any, a: tuple, b: tuple, rank: int, x0: Any) -> str:
+    if not isinstance(M, (KronSum, SampleKronSum)):
+        return "svd" if min(a[0] * a[1], b[0] * b[1]) <= AUTO_DENSE_SVD_MAX else "lanczos"
+    if gram_size(M) <= GRAM_MAX_COEFFICIENTS:
+        return "gram"
+    return "power" if rank == 1 and x0 is not None else "lanczos"
+
+
+def gram_size(M: KronSum | SampleKronSum) -> int:
+    """Coefficient dimension ``N`` of the Gram route: terms of a KronSum, ``n·T²`` for samples.
+
+    Parameters
+    ----------
+    M : KronSum or SampleKronSum
+        The implicit sum.
+
+    Returns
+    -------
+    int
+    """
+    if isinstance(M, KronSum):
+        return len(M)
+    return M.n_samples * M.n_locations**2
+
+
+def _svd_dense(xp: Any, R: Any, rank: int) -> tuple[SVDResult, float]:
     U, S, Vh = xp.linalg.svd(R, full_matrices=False)
-    As, Bs = factors_from_triplets(xp, U[:, :rank], S[:rank], Vh[:rank, :], a, b, symmetric=symmetric)
-    total = float(xp.sum(S**2))
-    residual = math.sqrt(max(float(xp.sum(S[rank:] ** 2)), 0.0)) if S.shape[0] > rank else 0.0
-    info = NearestKroneckerInfo(
-        method="svd",
-        iterations=0,
-        converged=True,
-        residual=residual,
-        relative_residual=residual / math.sqrt(total) if total > 0 else 0.0,
-        singular_values=S[:rank],
-    )
-    return KronSum((As, Bs), info=info)
+    tail = float(xp.sum(S[rank:] ** 2)) if S.shape[0] > rank else 0.0
+    return SVDResult(U[:, :rank], S[:rank], Vh[:rank, :]), math.sqrt(max(tail, 0.0))
+
+
+def _svd_via_gram_dense(xp: Any, R: Any, rank: int) -> SVDResult:
+    """Top triplets of a dense ``R`` from the eigendecomposition of its smaller Gram matrix."""
+    m, n = R.shape
+    Rt = xp.matrix_transpose(R)
+    wide = m <= n
+    lam, E = xp.linalg.eigh(R @ Rt if wide else Rt @ R)
+    idx = slice(lam.shape[0] - rank, lam.shape[0])
+    lam, E = xp.flip(lam[idx]), xp.flip(E[:, idx], axis=1)
+    S = xp.sqrt(xp.clip(lam, 0.0, None))
+    inv = xp.where(S > 0, 1.0 / xp.where(S > 0, S, 1.0), 0.0)
+    if wide:  # R Rᵀ = E Λ Eᵀ: u = e, v = Rᵀ e / σ
+        return SVDResult(E, S, inv[:, None] * (xp.matrix_transpose(E) @ R))
+    return SVDResult(R @ E * inv[None, :], S, xp.matrix_transpose(E))
+
+
+def _triplets(
+    xp: Any, M: Any, a: tuple, b: tuple, rank: int, method: str, tol: Any, maxiter: Any, x0: Any, seed: Any
+) -> tuple[SVDResult, int, bool]:
+    """Top-``rank`` triplets of ``R(M)`` by ``method``; returns them, iterations and convergence."""
+    if method == "svd":
+        R = _rearranged_operator(xp, M, a, b).to_dense()
+        return _svd_dense(xp, R, rank)[0], 0, True
+    if method == "gram":
+        if not isinstance(M, (KronSum, SampleKronSum)):
+            return _svd_via_gram_dense(xp, rearrange_blocks(xp, M, a, b), rank), 0, True
+        N = gram_size(M)
+        if N > GRAM_MAX_COEFFICIENTS:
+            raise ValueError(
+                f'method="gram" works in n·T² = {N} coefficients here, above GRAM_MAX_COEFFICIENTS = '
+                f'{GRAM_MAX_COEFFICIENTS}; use method="lanczos" or "power" for this sum'
+            )
+        problem = gram_problem(M)
+        X, S, Y, info = gram_svd(problem, rank, tol=tol, maxiter=maxiter or 300, seed=0 if seed is None else seed)
+        U = xp.matrix_transpose(xp.reshape(problem.left(xp.matrix_transpose(X)), (rank, a[0] * a[1])))
+        Vh = xp.reshape(problem.right(xp.matrix_transpose(Y)), (rank, b[0] * b[1]))
+        return SVDResult(U, S, Vh, info=info), info.iterations, info.converged
+    op = _rearranged_operator(xp, M, a, b)
+    start = _x0_triplets(xp, x0, a, b)
+    if method == "lanczos":
+        from .lanczos import lanczos_svd
+
+        res = lanczos_svd(op, rank, tol=tol, maxiter=maxiter, x0=start, seed=seed)
+        return res, res.info.iterations, res.info.converged
+    if method == "randomized":
+        from .randomized import randomized_svd
+
+        res = randomized_svd(op, rank, seed=seed)
+        return res, res.info.iterations if res.info else 0, True
+    # "power" (rank 1) and "deflation": successive power SVDs on deflated operators (Koroko §3.2.1)
+    from .deflation import deflate
+    from .power import power_svd
+
+    Us, Ss, Vhs, iterations, converged = [], [], [], 0, True
+    for i in range(rank):
+        target = op if i == 0 else deflate(op, xp.concat(Us, axis=1), xp.concat(Ss), xp.concat(Vhs, axis=0))
+        guess = None
+        if start is not None and i < start.S.shape[0]:
+            guess = start.Vh[i, :]
+        res = power_svd(target, x0=guess, tol=tol, maxiter=maxiter, seed=None if seed is None else seed + i)
+        Us.append(res.U)
+        Ss.append(res.S)
+        Vhs.append(res.Vh)
+        iterations += res.info.iterations
+        converged = converged and res.info.converged
+    return SVDResult(xp.concat(Us, axis=1), xp.concat(Ss), xp.concat(Vhs, axis=0)), iterations, converged
 
 
 def nearest_kronecker(
@@ -172,33 +291,47 @@ def nearest_kronecker(
     tol: float | None = None,
     maxiter: int | None = None,
     x0: Any = None,
+    seed: int | None = 0,
 ) -> KronSum:
     """Best Kronecker-rank-``rank`` approximation ``M ≈ Σ_{i<rank} A_i ⊗ B_i`` in the Frobenius norm.
 
     Solves ``min ‖M − Σ A_i⊗B_i‖_F`` through the top singular triplets of the
-    rearrangement ``R(M)``.  For symmetric PSD ``M`` with square factor
-    shapes the leading pair is returned symmetric PSD (Koroko Prop. 3.2);
-    later pairs are returned as the SVD gives them.
+    rearrangement ``R(M)``: ``A_i = √σ_i mat(u_i)``, ``B_i = √σ_i mat(v_i)``.
+    For symmetric PSD ``M`` with square factor shapes the leading pair is
+    returned symmetric PSD (Koroko Prop. 3.2); later pairs are returned as the
+    SVD gives them.
 
     Parameters
     ----------
     M : array of shape (p·r, q·s), KronSum, or SampleKronSum
-        The matrix to approximate; implicit sums carry their factor shapes.
+        The matrix to approximate; implicit sums carry their factor shapes and
+        are never formed (except by ``method="svd"``).
     a_shape : pair of int, optional
         ``(p, q)``; required for a dense ``M``.
     b_shape : pair of int, optional
         ``(r, s)``; required for a dense ``M``.
     rank : int
         Number of Kronecker terms, at most ``min(p·q, r·s)``.
-    method : {"auto", "svd"}
-        ``"svd"``: dense rearrangement and full SVD (exact; forms ``R(M)``,
-        which has as many entries as ``M``). ``"auto"`` picks ``"svd"``.
+    method : {"auto", "svd", "gram", "power", "deflation", "lanczos", "randomized"}
+        ``"svd"``: dense ``R(M)`` and a full SVD (exact; forms ``R(M)``, as many
+        entries as ``M``). ``"gram"``: exact top triplets from the ``N×N`` Gram
+        matrices of an implicit sum (``N`` = samples·T², or terms), iterated in
+        coefficient space to ``tol``; on dense input, from the smaller Gram
+        matrix of ``R(M)``. ``"power"``: power SVD (Koroko App. B.1), rank > 1 by
+        deflation. ``"deflation"``: successive power SVDs on deflated operators
+        (Koroko §3.2.1). ``"lanczos"``: restarted Golub–Kahan–Lanczos (§3.2.2).
+        ``"randomized"``: randomized SVD (approximate, no tolerance).
+        ``"auto"``: dense input → ``"svd"`` while ``min(p·q, r·s) ≤ 1024``, else
+        ``"lanczos"``; implicit input → ``"gram"`` while ``N ≤ 4096``, else
+        ``"power"`` for rank 1 with a warm start ``x0``, else ``"lanczos"``.
     tol : float, optional
-        Tolerance of iterative methods; exact methods ignore it.
+        Relative residual of iterative methods (default 1e-10 in float64, 1e-5 in float32).
     maxiter : int, optional
-        Iteration cap of iterative methods; exact methods ignore it.
+        Iteration cap of iterative methods.
     x0 : KronSum or (A, B) pair, optional
-        Warm start for iterative methods; exact methods ignore it.
+        A previous answer to warm-start iterative methods; direct methods ignore it.
+    seed : int or None
+        Seed of random starts (drawn with NumPy, so every backend starts alike).
 
     Returns
     -------
@@ -227,4 +360,23 @@ def nearest_kronecker(
     True
     """
     xp, a, b, symmetric = _validate(M, a_shape, b_shape, rank, method)
-    return _nearest_svd(xp, M, a, b, rank, symmetric)
+    resolved = _resolve_auto(M, a, b, rank, x0) if method == "auto" else method
+    if resolved == "svd":
+        R = _rearranged_operator(xp, M, a, b).to_dense()
+        triplets, residual = _svd_dense(xp, R, rank)
+        total = float(xp.sum(R**2))
+        iterations, converged = 0, True
+    else:
+        triplets, iterations, converged = _triplets(xp, M, a, b, rank, resolved, tol, maxiter, x0, seed)
+        total = _dense_or_implicit_norm(xp, M) ** 2
+        residual = math.sqrt(max(total - float(xp.sum(triplets.S**2)), 0.0))
+    As, Bs = factors_from_triplets(xp, triplets.U, triplets.S, triplets.Vh, a, b, symmetric=symmetric)
+    info = NearestKroneckerInfo(
+        method=resolved,
+        iterations=iterations,
+        converged=converged,
+        residual=residual,
+        relative_residual=residual / math.sqrt(total) if total > 0 else 0.0,
+        singular_values=triplets.S,
+    )
+    return KronSum((As, Bs), info=info)

@@ -478,6 +478,7 @@ class SampleKronSum(KronOperator):
         self._X: Any = X
         self._G: Any = None
         self._A: Any = None
+        self._location_factors: tuple[Any, Any] | None = None
 
     @classmethod
     def from_factors(cls, G: Any, A: Any, weights: Any = None) -> SampleKronSum:
@@ -515,11 +516,14 @@ class SampleKronSum(KronOperator):
                 f"`G` and `A` must agree on the leading dimensions (n, [T]), got {tuple(G.shape)} and {tuple(A.shape)}"
             )
         if G.ndim == 3:
-            return cls(xp.matmul(xp.matrix_transpose(G), A), weights)
+            self = cls(xp.matmul(xp.matrix_transpose(G), A), weights)
+            self._location_factors = (G, A)
+            return self
         self = cls.__new__(cls)
         n, p = G.shape
         self._init_common(xp, device, G.dtype, n, p, A.shape[1], weights)
         self._X, self._G, self._A = None, G, A
+        self._location_factors = None
         return self
 
     def _init_common(self, xp: Any, device: Any, dtype: Any, n: int, p: int, r: int, weights: Any) -> None:
@@ -557,6 +561,35 @@ class SampleKronSum(KronOperator):
         if self._X is not None:
             return self._X
         return self._G[:, :, None] * self._A[:, None, :]
+
+    @property
+    def n_locations(self) -> int:
+        """``T`` of :meth:`location_factors`: 1 (rank-1), the locations (conv), or ``min(p, r)`` (dense)."""
+        if self._X is None:
+            return 1
+        if self._location_factors is not None:
+            return self._location_factors[0].shape[1]
+        return min(self.a_shape[0], self.b_shape[0])
+
+    def location_factors(self) -> tuple[Any, Any]:
+        """Factors ``G: (n, T, p)``, ``A: (n, T, r)`` with ``X_n = G_nᵀ A_n``.
+
+        ``T = 1`` for rank-1 samples, the number of locations for convolution
+        samples, and ``min(p, r)`` (from a batched thin SVD) for samples given
+        as dense matrices.
+
+        Returns
+        -------
+        G : array of shape (n, T, p)
+        A : array of shape (n, T, r)
+        """
+        xp = self.xp
+        if self._X is None:
+            return self._G[:, None, :], self._A[:, None, :]
+        if self._location_factors is not None:
+            return self._location_factors
+        U, S, Vh = xp.linalg.svd(self._X, full_matrices=False)  # X_n = U_n diag(S_n) Vh_n
+        return xp.matrix_transpose(U * S[:, None, :]), Vh
 
     # -- products with F ---------------------------------------------------------
     def _coefficients(self, V: Any) -> Any:

@@ -106,7 +106,7 @@ def test_nearest_error_is_the_tail_of_the_spectrum(p, q, r, s, seed):
 
 # --- bad input ------------------------------------------------------------------------
 def test_rejects_unknown_method():
-    with pytest.raises(ValueError, match=r"`method` must be one of \('auto', 'svd'\)"):
+    with pytest.raises(ValueError, match=r"`method` must be one of \('auto', 'svd', 'gram'"):
         nearest_kronecker(np.eye(4), (2, 2), (2, 2), method="power-iteration")
 
 
