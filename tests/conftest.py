@@ -21,6 +21,13 @@ settings.register_profile(
 settings.register_profile("dev", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
+try:  # the tests use tiny matrices: OpenMP thread hand-offs would dominate, and CI has 2 cores
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:
+    pass
+
 BACKENDS = ["numpy", "torch", "array_api_strict", "cupy", "torch-cuda"]
 
 
