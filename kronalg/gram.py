@@ -62,6 +62,11 @@ class GramProblem:
         """``N``, the number of coefficients."""
         return self.KP.shape[0]
 
+    def fro_norm_sq(self) -> float:
+        """``‖R‖_F² = tr(W K_P W K_Q) = Σ_ij w_i w_j (K_P)_ij (K_Q)_ij``, free from the Grams."""
+        xp = self.xp
+        return float(xp.sum((self.w[:, None] * self.KP) * (self.KQ * self.w[None, :])))
+
 
 def _location_gram(xp: Any, F: Any) -> tuple[Any, Callable[[Any], Any]]:
     """``K = PᵀP`` for columns ``vec(f_nt f_nt'ᵀ)`` and the map ``x ↦ Σ x_ntt' f_nt f_nt'ᵀ``.
@@ -73,8 +78,9 @@ def _location_gram(xp: Any, F: Any) -> tuple[Any, Callable[[Any], Any]]:
         F2 = F[:, 0, :]
         gram = F2 @ xp.matrix_transpose(F2)
 
-        def combine(x: Any) -> Any:  # Σ_n x_n f_n f_nᵀ = Fᵀ diag(x) F, one GEMM per vector
-            return xp.matmul(xp.matrix_transpose(F2), x[:, :, None] * F2)
+        def combine(x: Any) -> Any:  # Σ_n x_n f_n f_nᵀ = Fᵀ diag(x) F, one 2-D GEMM per vector
+            Ft = xp.matrix_transpose(F2)
+            return xp.stack([Ft @ (x[i, :][:, None] * F2) for i in range(x.shape[0])])
 
         return gram * gram, combine
     Fc = xp.reshape(F, (n * T, d))
@@ -83,8 +89,9 @@ def _location_gram(xp: Any, F: Any) -> tuple[Any, Callable[[Any], Any]]:
 
     def combine_locations(x: Any) -> Any:  # Σ_n F_nᵀ Xc_n F_n without an (n, d, d) stack
         k = x.shape[0]
-        Z = xp.matmul(xp.reshape(x, (k, n, T, T)), F)  # (k, n, T, d)
-        return xp.matmul(xp.matrix_transpose(Fc), xp.reshape(Z, (k, n * T, d)))
+        Z = xp.reshape(xp.matmul(xp.reshape(x, (k, n, T, T)), F), (k, n * T, d))  # Xc_n F_n for every n
+        Fct = xp.matrix_transpose(Fc)
+        return xp.stack([Fct @ Z[i, ...] for i in range(k)])
 
     return K, combine_locations
 
@@ -123,19 +130,24 @@ def gram_problem(M: KronSum | SampleKronSum) -> GramProblem:
     return GramProblem(xp, M.device, KP, KQ, w, left, right)
 
 
-def _orthonormalize(xp: Any, K: Any, X: Any, KX: Any | None = None) -> tuple[Any, Any]:
+def _orthonormalize(xp: Any, K: Any, X: Any, KX: Any | None = None, *, scale: float | None = None) -> tuple[Any, Any]:
     """Columns of ``X`` made orthonormal in the metric ``K`` (``XᵀKX = I``); null directions dropped.
 
+    Directions whose squared ``K``-norm is below ``N·eps·scale`` are dropped
+    (``scale`` defaults to the largest squared norm among the columns, and should
+    be the norm *before* any orthogonalization that cancelled them).
     Returns the new ``X`` and ``K X``.
     """
     KX = K @ X if KX is None else KX
     for _ in range(2):  # twice is enough
         gram = xp.matrix_transpose(X) @ KX
         lam, E = xp.linalg.eigh(0.5 * (gram + xp.matrix_transpose(gram)))
-        cutoff = float(lam[-1]) * X.shape[0] * eps(xp, X.dtype) if X.shape[1] else 0.0
+        ref = float(lam[-1]) if scale is None else max(scale, float(lam[-1]))
+        scale = None  # the second pass measures the already normalized block
+        cutoff = ref * X.shape[0] * eps(xp, X.dtype) if X.shape[1] else 0.0
         keep = int(xp.count_nonzero(lam > max(cutoff, 0.0))) if float(lam[-1]) > 0 else 0
-        scale = 1.0 / xp.sqrt(lam[lam.shape[0] - keep :])
-        E = E[:, E.shape[1] - keep :] * scale[None, :]
+        inv_root = 1.0 / xp.sqrt(lam[lam.shape[0] - keep :])
+        E = E[:, E.shape[1] - keep :] * inv_root[None, :]
         X, KX = X @ E, KX @ E
         if keep == 0:
             break
@@ -149,10 +161,11 @@ def gram_svd(
 ) -> tuple[Any, Any, Any, ConvergenceInfo]:
     """Top-``k`` singular triplets of ``R = P W Qᵀ`` from its Gram matrices.
 
-    Block subspace iteration ``x ← W K_Q W K_P x`` (one ``R Rᵀ`` step per
-    iteration in coefficients), orthonormal in the ``K_P`` metric, with a
-    Rayleigh–Ritz SVD of ``(P X)ᵀ R (Q Y)`` each step; stops when every triplet
-    has ``‖R v − σ u‖ ≤ tol·σ_1``.
+    Block Krylov iteration with ``T = W K_Q W K_P`` (``R Rᵀ`` in coefficients,
+    self-adjoint in the ``K_P`` metric), bases orthonormal in that metric, a
+    Rayleigh–Ritz SVD of ``(P X)ᵀ R (Q Y)`` and a thick restart from the leading
+    Ritz vectors; stops when every triplet has ``‖R v − σ u‖ ≤ tol·σ_1``.  The
+    first start vector is ``w`` (the K-FAC factor), the rest are seeded random.
 
     Parameters
     ----------
@@ -163,7 +176,7 @@ def gram_svd(
     tol : float, optional
         Relative residual; default 1e-10 (float64) / 1e-5 (float32).
     maxiter : int
-        Iteration cap.
+        Cap on restarts.
     seed : int
         Seed of the start block.
 
@@ -182,48 +195,72 @@ def gram_svd(
     tol = default_tol(xp, dtype) if tol is None else tol
     b = min(N, k + 6)
     X0 = random_normal(xp, (N, b), dtype=dtype, device=problem.device, seed=seed)
+    # first column x = w: u ∝ Σ w_n g_n g_nᵀ, the K-FAC factor, already close to the leading factor
+    X0 = xp.concat([w[:, None], X0[:, 1:]], axis=1)
     X, KX = _orthonormalize(xp, KP, X0)
+    krylov = min(N, max(4 * b, 32))
     residuals: list[float] = []
     converged = False
-    iterations, history = 0, []
+    iterations, products, history = 0, 0, []
     floor = 100 * math.sqrt(eps(xp, dtype))  # what the Gram metric can resolve
-    S = Ub = Vb = Y = Z = None
+    S = Ub = Vb = Y = Qb = None
     for _ in range(maxiter):
         iterations += 1
         if X.shape[1] == 0:  # R = 0
             converged = True
             break
-        Y, _ = _orthonormalize(xp, KQ, w[:, None] * KX)  # Rᵀ (P X) = Q (W K_P X)
-        Z = w[:, None] * (KQ @ Y)  # R (Q Y) = P Z
-        KZ = KP @ Z
-        Ub, S, Vbh = xp.linalg.svd(xp.matrix_transpose(X) @ KZ, full_matrices=False)  # (PX)ᵀ R (QY)
+        # block Krylov space of T = W K_Q W K_P (self-adjoint in the K_P metric; eigenvalues σ²)
+        Qs, KQs, KZ = [X], [KX], KX
+        while sum(q.shape[1] for q in Qs) < krylov:
+            Z = w[:, None] * (KQ @ (w[:, None] * KZ))
+            KZ = KP @ Z
+            products += Z.shape[1]
+            size = float(xp.max(xp.sum(Z * KZ, axis=0)))  # squared K_P-norm before orthogonalization
+            Qcat, KQcat = xp.concat(Qs, axis=1), xp.concat(KQs, axis=1)
+            for _ in range(2):  # twice is enough
+                Z = Z - Qcat @ (xp.matrix_transpose(KQcat) @ Z)
+            Z, KZ = _orthonormalize(xp, KP, Z, scale=size)  # K_P Z afresh: the cancellation spoiled KZ
+            if Z.shape[1] == 0:  # invariant subspace: the space is exact
+                break
+            Qs.append(Z)
+            KQs.append(KZ)
+        Qb, KQb = xp.concat(Qs, axis=1), xp.concat(KQs, axis=1)
+        # Rayleigh–Ritz: left space P Qb, right space Rᵀ P Qb = Q (W K_P Qb)
+        Y, _ = _orthonormalize(xp, KQ, w[:, None] * KQb)
+        Zr = w[:, None] * (KQ @ Y)  # R (Q Y) = P Zr
+        KZr = KP @ Zr
+        Ub, S, Vbh = xp.linalg.svd(xp.matrix_transpose(Qb) @ KZr, full_matrices=False)  # (P Qb)ᵀ R (Q Y)
         Vb = xp.matrix_transpose(Vbh)
         kk = min(k, S.shape[0])
-        # residual of triplet i: R v_i − σ_i u_i = P (Z vb_i − σ_i X ub_i); its norm² is zᵀ K_P z
+        # residual of triplet i: R v_i − σ_i u_i = P (Zr vb_i − σ_i Qb ub_i); its norm² is zᵀ K_P z
         Ubk, Vbk, Sk = Ub[:, :kk], Vb[:, :kk], S[:kk]
-        KRes = KZ @ Vbk - (KX @ Ubk) * Sk[None, :]
-        Res = Z @ Vbk - (X @ Ubk) * Sk[None, :]
+        KRes = KZr @ Vbk - (KQb @ Ubk) * Sk[None, :]
+        Res = Zr @ Vbk - (Qb @ Ubk) * Sk[None, :]
         res2 = xp.sum(Res * KRes, axis=0)
         sigma1 = float(S[0])
         rel = xp.sqrt(xp.clip(res2, 0.0, None)) / max(sigma1, 1e-300)
         residuals = [float(r) for r in rel]
         history.append(max(residuals))
-        stalled = len(history) > 5 and history[-1] > 0.5 * history[-6] and history[-1] <= floor
-        if sigma1 == 0.0 or history[-1] <= tol or stalled:
-            converged = True
+        stalled = len(history) > 2 and history[-1] > 0.5 * history[-3] and history[-1] <= floor
+        if sigma1 == 0.0 or history[-1] <= tol or stalled or Qb.shape[1] >= N:
+            converged = converged or sigma1 == 0.0 or history[-1] <= tol or stalled or Qb.shape[1] >= N
             break
-        X, KX = _orthonormalize(xp, KP, Z, KZ)
+        nb = min(b, Ub.shape[1])  # thick restart from the leading Ritz vectors
+        X, KX = Qb @ Ub[:, :nb], KQb @ Ub[:, :nb]
     if not converged:
         warnings.warn(
             f"gram_svd did not reach tol={tol:g} in {maxiter} iterations (residual {max(residuals):.2e})",
             ConvergenceWarning,
             stacklevel=3,
         )
-    info = ConvergenceInfo(iterations=iterations, matvecs=0, converged=converged, residuals=tuple(residuals), tol=tol)
+    info = ConvergenceInfo(
+        iterations=iterations, matvecs=products, converged=converged, residuals=tuple(residuals), tol=tol
+    )
     if S is None or X.shape[1] == 0:
         zeros = xp.zeros((N, k), dtype=dtype, device=problem.device)
         return zeros, xp.zeros((k,), dtype=dtype, device=problem.device), zeros, info
-    Xk, Yk, Sk = X @ Ub[:, : min(k, S.shape[0])], Y @ Vb[:, : min(k, S.shape[0])], S[: min(k, S.shape[0])]
+    kk = min(k, S.shape[0])
+    Xk, Yk, Sk = Qb @ Ub[:, :kk], Y @ Vb[:, :kk], S[:kk]
     if Sk.shape[0] < k:  # R has rank < k: pad with zero triplets
         pad = k - Sk.shape[0]
         Xk = xp.concat([Xk, xp.zeros((N, pad), dtype=dtype, device=problem.device)], axis=1)

@@ -231,14 +231,17 @@ def _svd_via_gram_dense(xp: Any, R: Any, rank: int) -> SVDResult:
 
 def _triplets(
     xp: Any, M: Any, a: tuple, b: tuple, rank: int, method: str, tol: Any, maxiter: Any, x0: Any, seed: Any
-) -> tuple[SVDResult, int, bool]:
-    """Top-``rank`` triplets of ``R(M)`` by ``method``; returns them, iterations and convergence."""
+) -> tuple[SVDResult, int, bool, float | None]:
+    """Top-``rank`` triplets of ``R(M)`` by ``method``.
+
+    Returns them, the iterations, convergence, and ``‖M‖_F²`` when it came for free (else ``None``).
+    """
     if method == "svd":
         R = _rearranged_operator(xp, M, a, b).to_dense()
-        return _svd_dense(xp, R, rank)[0], 0, True
+        return _svd_dense(xp, R, rank)[0], 0, True, None
     if method == "gram":
         if not isinstance(M, (KronSum, SampleKronSum)):
-            return _svd_via_gram_dense(xp, rearrange_blocks(xp, M, a, b), rank), 0, True
+            return _svd_via_gram_dense(xp, rearrange_blocks(xp, M, a, b), rank), 0, True, None
         N = gram_size(M)
         if N > GRAM_MAX_COEFFICIENTS:
             raise ValueError(
@@ -249,19 +252,19 @@ def _triplets(
         X, S, Y, info = gram_svd(problem, rank, tol=tol, maxiter=maxiter or 300, seed=0 if seed is None else seed)
         U = xp.matrix_transpose(xp.reshape(problem.left(xp.matrix_transpose(X)), (rank, a[0] * a[1])))
         Vh = xp.reshape(problem.right(xp.matrix_transpose(Y)), (rank, b[0] * b[1]))
-        return SVDResult(U, S, Vh, info=info), info.iterations, info.converged
+        return SVDResult(U, S, Vh, info=info), info.iterations, info.converged, problem.fro_norm_sq()
     op = _rearranged_operator(xp, M, a, b)
     start = _x0_triplets(xp, x0, a, b)
     if method == "lanczos":
         from .lanczos import lanczos_svd
 
         res = lanczos_svd(op, rank, tol=tol, maxiter=maxiter, x0=start, seed=seed)
-        return res, res.info.iterations, res.info.converged
+        return res, res.info.iterations, res.info.converged, None
     if method == "randomized":
         from .randomized import randomized_svd
 
         res = randomized_svd(op, rank, seed=seed)
-        return res, res.info.iterations if res.info else 0, True
+        return res, res.info.iterations if res.info else 0, True, None
     # "power" (rank 1) and "deflation": successive power SVDs on deflated operators (Koroko §3.2.1)
     from .deflation import deflate
     from .power import power_svd
@@ -278,7 +281,7 @@ def _triplets(
         Vhs.append(res.Vh)
         iterations += res.info.iterations
         converged = converged and res.info.converged
-    return SVDResult(xp.concat(Us, axis=1), xp.concat(Ss), xp.concat(Vhs, axis=0)), iterations, converged
+    return SVDResult(xp.concat(Us, axis=1), xp.concat(Ss), xp.concat(Vhs, axis=0)), iterations, converged, None
 
 
 def nearest_kronecker(
@@ -367,8 +370,8 @@ def nearest_kronecker(
         total = float(xp.sum(R**2))
         iterations, converged = 0, True
     else:
-        triplets, iterations, converged = _triplets(xp, M, a, b, rank, resolved, tol, maxiter, x0, seed)
-        total = _dense_or_implicit_norm(xp, M) ** 2
+        triplets, iterations, converged, total = _triplets(xp, M, a, b, rank, resolved, tol, maxiter, x0, seed)
+        total = _dense_or_implicit_norm(xp, M) ** 2 if total is None else total
         residual = math.sqrt(max(total - float(xp.sum(triplets.S**2)), 0.0))
     As, Bs = factors_from_triplets(xp, triplets.U, triplets.S, triplets.Vh, a, b, symmetric=symmetric)
     info = NearestKroneckerInfo(

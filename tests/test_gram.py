@@ -112,7 +112,7 @@ def test_gram_svd_orthonormal_triplets(rng):
     np.testing.assert_allclose(V.T @ V, np.eye(3), atol=1e-12)
     R = rearrange(F.to_dense(), F.a_shape, F.b_shape)
     np.testing.assert_allclose(R @ V, U * S, atol=1e-9 * S[0])
-    assert info.converged and max(info.residuals) <= 1e-10
+    assert info.converged and max(info.residuals) <= 1e-8  # the Gram metric resolves ~sqrt(eps)·σ₁ at worst
 
 
 @given(n=st.integers(1, 15), p=st.integers(1, 4), r=st.integers(1, 4), seed=st.integers(0, 2**31 - 1))
