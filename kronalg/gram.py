@@ -89,9 +89,9 @@ def _location_gram(xp: Any, F: Any) -> tuple[Any, Callable[[Any], Any]]:
 
     def combine_locations(x: Any) -> Any:  # Σ_n F_nᵀ Xc_n F_n without an (n, d, d) stack
         k = x.shape[0]
-        Z = xp.reshape(xp.matmul(xp.reshape(x, (k, n, T, T)), F), (k, n * T, d))  # Xc_n F_n for every n
-        Fct = xp.matrix_transpose(Fc)
-        return xp.stack([Fct @ Z[i, ...] for i in range(k)])
+        x4 = xp.reshape(x, (k, n, T, T))
+        Fct = xp.matrix_transpose(Fc)  # Σ_n F_nᵀ (Xc_n F_n) as one GEMM per vector
+        return xp.stack([Fct @ xp.reshape(xp.matmul(x4[i, ...], F), (n * T, d)) for i in range(k)])
 
     return K, combine_locations
 

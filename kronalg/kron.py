@@ -6,6 +6,7 @@ from typing import Any
 
 from ._backend import namespace_and_device
 from ._checks import check_matrix, check_same_dtype, check_shape_pair
+from ._linalg import left_matmul, right_matmul
 from ._vec import rearrange_blocks, unrearrange_blocks
 
 __all__ = ["kron", "kron_matvec", "rearrange", "unrearrange"]
@@ -78,7 +79,12 @@ def kron_matvec(A: Any, B: Any, X: Any) -> Any:
             f"`X` must have shape (..., {A.shape[1]}, {B.shape[1]}) to match `A` {tuple(A.shape)} "
             f"and `B` {tuple(B.shape)}, got {tuple(X.shape)}"
         )
-    return xp.matmul(xp.matmul(A, X), xp.matrix_transpose(B))
+    if X.ndim == 2:
+        return (A @ X) @ xp.matrix_transpose(B)
+    lead = X.shape[:-2]
+    X3 = xp.reshape(X, (-1, X.shape[-2], X.shape[-1]))
+    Y = right_matmul(xp, left_matmul(xp, A, X3), xp.matrix_transpose(B))
+    return xp.reshape(Y, (*lead, A.shape[0], B.shape[0]))
 
 
 def _check_rearrange_shapes(M: Any, a_shape: Any, b_shape: Any, name: str, rearranged: bool) -> tuple:

@@ -21,6 +21,7 @@ from typing import Any
 
 from ._backend import namespace_and_device
 from ._checks import check_finite, check_floating, check_keep, check_same_dtype
+from ._linalg import left_matmul, right_matmul
 from ._vec import rearrange_blocks, unvec, vec
 
 __all__ = [
@@ -305,7 +306,7 @@ class KronSum(KronOperator):
         xp = self.xp
         out = None
         for i in range(As.shape[0]):
-            term = xp.matmul(xp.matmul(As[i, ...], X), xp.matrix_transpose(Bs[i, ...]))
+            term = right_matmul(xp, left_matmul(xp, As[i, ...], X), xp.matrix_transpose(Bs[i, ...]))
             out = term if out is None else out + term
         return out
 
@@ -595,8 +596,10 @@ class SampleKronSum(KronOperator):
     def _coefficients(self, V: Any) -> Any:
         """``c[..., n] = w_n ⟨X_n, V⟩`` for ``V`` of shape ``(..., p, r)``."""
         xp = self.xp
-        if self._X is None:
-            c = xp.sum(xp.matmul(V, xp.matrix_transpose(self._A)) * xp.matrix_transpose(self._G), axis=-2)
+        if self._X is None:  # c[k, n] = g_nᵀ V_k a_n
+            V3 = V if V.ndim == 3 else V[None, ...]
+            c = xp.sum(left_matmul(xp, self._G, V3) * self._A, axis=-1)
+            c = c if V.ndim == 3 else c[0, ...]
         else:
             n, p, r = self._X.shape
             c = vec(xp, V) @ xp.matrix_transpose(xp.reshape(self._X, (n, p * r)))
@@ -605,8 +608,10 @@ class SampleKronSum(KronOperator):
     def _combine(self, c: Any) -> Any:
         """``Σ_n c[..., n] X_n`` as ``(..., p, r)``."""
         xp = self.xp
-        if self._X is None:
-            return xp.matmul(xp.matrix_transpose(self._G), c[..., :, None] * self._A)
+        if self._X is None:  # Σ_n c_n g_n a_nᵀ = Gᵀ diag(c) A
+            if c.ndim == 1:
+                return xp.matrix_transpose(self._G) @ (c[:, None] * self._A)
+            return left_matmul(xp, xp.matrix_transpose(self._G), c[:, :, None] * self._A)
         n, p, r = self._X.shape
         return unvec(xp, c @ xp.reshape(self._X, (n, p * r)), (p, r))
 
@@ -717,19 +722,19 @@ class SampleKronSum(KronOperator):
         if self._X is None:
             inner, outer = (self._A, self._G) if left else (self._G, self._A)
             # c[k, n] = w_n inner_nᵀ V_k inner_n ;  result_k = outerᵀ diag(c_k) outer
-            c = w * xp.sum(xp.matmul(inner, V) * inner, axis=-1)
-            return xp.matmul(xp.matrix_transpose(outer), c[..., :, None] * outer)
+            c = w * xp.sum(left_matmul(xp, inner, V) * inner, axis=-1)
+            return left_matmul(xp, xp.matrix_transpose(outer), c[:, :, None] * outer)
         n, p, r = self._X.shape
         X = self._X
         out = []
         for j in range(V.shape[0]):  # one pair of large GEMMs per operand column
             if left:
-                Z = xp.matmul(X, V[j, ...])  # (n, p, r) = X_n V
+                Z = right_matmul(xp, X, V[j, ...])  # (n, p, r) = X_n V
                 Zh = xp.reshape(xp.permute_dims(w[:, None, None] * Z, (1, 0, 2)), (p, n * r))
                 Xh = xp.reshape(xp.permute_dims(X, (1, 0, 2)), (p, n * r))
                 out.append(Zh @ xp.matrix_transpose(Xh))
             else:
-                Z = xp.matmul(V[j, ...], X)  # (n, p, r) = U X_n
+                Z = left_matmul(xp, V[j, ...], X)  # (n, p, r) = U X_n
                 out.append(
                     xp.matrix_transpose(xp.reshape(X, (n * p, r))) @ xp.reshape(w[:, None, None] * Z, (n * p, r))
                 )
