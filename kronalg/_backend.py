@@ -210,6 +210,16 @@ def generalized_eigh(xp: Any, C: Any, A: Any, *, name_c: str = "C", name_a: str 
     K : array of shape (n, n)
         A-orthonormal eigenvectors.
     """
+    if _library(xp) == "numpy":  # LAPACK sygvd does the same reduction in place, ~2x faster than the steps below
+        import numpy.linalg
+        import scipy.linalg
+
+        try:
+            return scipy.linalg.eigh(C, A, driver="gvd", check_finite=False)
+        except (numpy.linalg.LinAlgError, ValueError) as exc:
+            raise ValueError(
+                f"`{name_a}` must be symmetric positive definite; its Cholesky factorization failed"
+            ) from exc
     L = cholesky(xp, A, name=name_a)
     Y = solve_triangular(xp, L, C, lower=True)  # L⁻¹ C
     Ct = solve_triangular(xp, L, xp.matrix_transpose(Y), lower=True)  # L⁻¹ C L⁻ᵀ (C symmetric)
