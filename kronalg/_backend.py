@@ -215,7 +215,8 @@ def generalized_eigh(xp: Any, C: Any, A: Any, *, name_c: str = "C", name_a: str 
         import scipy.linalg
 
         try:
-            return scipy.linalg.eigh(C, A, driver="gvd", check_finite=False)
+            s, K = scipy.linalg.eigh(C, A, driver="gvd", check_finite=False)
+            return s, np.ascontiguousarray(K)  # LAPACK returns Fortran order; thin GEMMs on it are ~10x slower
         except (numpy.linalg.LinAlgError, ValueError) as exc:
             raise ValueError(
                 f"`{name_a}` must be symmetric positive definite; its Cholesky factorization failed"
