@@ -52,7 +52,9 @@ def perturbed(K: KronSum, rng: np.random.Generator, size: float = 1e-2) -> KronS
 def arpack_time(F: SampleKronSum, repeat: int, tol: float) -> float:
     """scipy svds (ARPACK) for the top triplet of the same rearranged operator."""
     R = F.rearranged
-    op = sla.LinearOperator(R.shape, matvec=R.matvec, rmatvec=R.rmatvec, dtype=R.dtype)
+    op = sla.LinearOperator(
+        R.shape, matvec=lambda x: R.matvec(np.ravel(x)), rmatvec=lambda y: R.rmatvec(np.ravel(y)), dtype=R.dtype
+    )
     return best_time(lambda: sla.svds(op, k=1, tol=tol, solver="arpack", random_state=0), repeat)
 
 
