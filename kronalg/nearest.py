@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._backend import eps, namespace_and_device
 from ._checks import check_finite, check_floating, check_shape_pair
-from ._linalg import column_signs, sign_of
+from ._linalg import sign_of
 from ._vec import rearrange_blocks
 from .gram import GRAM_MAX_COEFFICIENTS, gram_problem, gram_svd
 from .operators import KronSum, MatrixOperator, SampleKronSum
@@ -134,10 +134,37 @@ def factors_from_triplets(
     Bs : array of shape (k, r, s)
     """
     k = S.shape[0]
-    signs = column_signs(xp, U)
+    return factors_from_matrices(
+        xp, xp.reshape(xp.matrix_transpose(U), (k, *a_shape)), S, xp.reshape(Vh, (k, *b_shape)), symmetric=symmetric
+    )
+
+
+def factors_from_matrices(xp: Any, Us: Any, S: Any, Vs: Any, *, symmetric: bool) -> tuple[Any, Any]:
+    """:func:`factors_from_triplets` with the singular vectors already as matrices ``mat(u_i)``, ``mat(v_i)``.
+
+    Parameters
+    ----------
+    xp : module
+        Namespace of the arrays.
+    Us : array of shape (k, p, q)
+        ``mat(u_i)``, unit Frobenius norm.
+    S : array of shape (k,)
+    Vs : array of shape (k, r, s)
+        ``mat(v_i)``, unit Frobenius norm.
+    symmetric : bool
+        Whether the approximated matrix is symmetric.
+
+    Returns
+    -------
+    As : array of shape (k, p, q)
+    Bs : array of shape (k, r, s)
+    """
+    k = S.shape[0]
+    flat = xp.reshape(Us, (k, -1))  # sign rule of svd_flip on contiguous rows: largest-magnitude entry positive
+    signs = 1.0 - 2.0 * xp.astype(-xp.min(flat, axis=1) > xp.max(flat, axis=1), S.dtype)
     root = xp.sqrt(xp.clip(S, 0.0, None))
-    As = xp.reshape(xp.matrix_transpose(U), (k, *a_shape)) * (signs * root)[:, None, None]
-    Bs = xp.reshape(Vh, (k, *b_shape)) * (signs * root)[:, None, None]
+    As = Us * (signs * root)[:, None, None]
+    Bs = Vs * (signs * root)[:, None, None]
     if symmetric:
         A0 = 0.5 * (As[0, ...] + xp.matrix_transpose(As[0, ...]))
         B0 = 0.5 * (Bs[0, ...] + xp.matrix_transpose(Bs[0, ...]))
@@ -145,6 +172,15 @@ def factors_from_triplets(
         As = xp.concat([(trace_sign * A0)[None, ...], As[1:, ...]])
         Bs = xp.concat([(trace_sign * B0)[None, ...], Bs[1:, ...]])
     return As, Bs
+
+
+class _MatrixTriplets(NamedTuple):
+    """Singular triplets of ``R(M)`` with the vectors as matrices (the Gram route produces them so)."""
+
+    Us: Any
+    S: Any
+    Vs: Any
+    info: Any
 
 
 def _x0_triplets(xp: Any, x0: Any, a: tuple, b: tuple) -> SVDResult | None:
@@ -245,7 +281,7 @@ def _svd_via_gram_dense(xp: Any, R: Any, rank: int) -> SVDResult:
 
 def _triplets(
     xp: Any, M: Any, a: tuple, b: tuple, rank: int, method: str, tol: Any, maxiter: Any, x0: Any, seed: Any
-) -> tuple[SVDResult, int, bool, float | None]:
+) -> tuple[SVDResult | _MatrixTriplets, int, bool, float | None]:
     """Top-``rank`` triplets of ``R(M)`` by ``method``.
 
     Returns them, the iterations, convergence, and ``‖M‖_F²`` when it came for free (else ``None``).
@@ -264,9 +300,8 @@ def _triplets(
             )
         problem = gram_problem(M)
         X, S, Y, info = gram_svd(problem, rank, tol=tol, maxiter=maxiter or 300, seed=0 if seed is None else seed)
-        U = xp.matrix_transpose(xp.reshape(problem.left(xp.matrix_transpose(X)), (rank, a[0] * a[1])))
-        Vh = xp.reshape(problem.right(xp.matrix_transpose(Y)), (rank, b[0] * b[1]))
-        return SVDResult(U, S, Vh, info=info), info.iterations, info.converged, problem.fro_norm_sq()
+        Us, Vs = problem.left(xp.matrix_transpose(X)), problem.right(xp.matrix_transpose(Y))
+        return _MatrixTriplets(Us, S, Vs, info), info.iterations, info.converged, problem.fro_norm_sq()
     op = _rearranged_operator(xp, M, a, b)
     start = _x0_triplets(xp, x0, a, b)
     if start is None and isinstance(M, SampleKronSum) and M.is_psd:
@@ -389,7 +424,10 @@ def nearest_kronecker(
         triplets, iterations, converged, total = _triplets(xp, M, a, b, rank, resolved, tol, maxiter, x0, seed)
         total = _dense_or_implicit_norm(xp, M) ** 2 if total is None else total
         residual = math.sqrt(max(total - float(xp.sum(triplets.S**2)), 0.0))
-    As, Bs = factors_from_triplets(xp, triplets.U, triplets.S, triplets.Vh, a, b, symmetric=symmetric)
+    if isinstance(triplets, _MatrixTriplets):
+        As, Bs = factors_from_matrices(xp, triplets.Us, triplets.S, triplets.Vs, symmetric=symmetric)
+    else:
+        As, Bs = factors_from_triplets(xp, triplets.U, triplets.S, triplets.Vh, a, b, symmetric=symmetric)
     info = NearestKroneckerInfo(
         method=resolved,
         iterations=iterations,
