@@ -1,4 +1,34 @@
-"""nn_adapters: torch layers mapped onto kronalg primitives (Fisher blocks, preconditioners).
+"""nn_adapters: torch layers mapped onto kronalg primitives.
 
-The adapters arrive with their own issue; this package marker keeps the layout fixed.
+A layer's Fisher block is ``F = E[vec(DW̄) vec(DW̄)ᵀ]`` with ``W̄ = [W | b]`` (bias
+as last column; Conv2d weights as ``(c_out, c_in·kh·kw)`` via ``unfold``),
+row-major vec, and the expectation the mean over samples of the per-sample
+negative log-likelihood's gradient (targets sampled from the model, or given).
+Approximations are :class:`kronalg.KronSum` objects with factors in the order
+(output side, input side).
+
+* :func:`fisher_blocks` — K-FAC, TKFAC, KPSVD, deflation, Lanczos, KFAC-corrected, K-FOC.
+* :func:`fisher_sample_sums` — the exact block as an implicit :class:`kronalg.SampleKronSum`.
+* :func:`exact_fisher_blocks` — dense exact blocks from ``torch.func`` per-sample gradients.
+* :func:`register_adapter` — add a layer type.
 """
+
+from .capture import FisherBlocks, UnsupportedLayerWarning, sample_targets
+from .exact import exact_fisher_blocks
+from .fisher import METHODS, OPTIONS, fisher_blocks, fisher_sample_sums
+from .layers import LayerAdapter
+from .registry import get_adapter, register_adapter
+
+__all__ = [
+    "METHODS",
+    "OPTIONS",
+    "FisherBlocks",
+    "LayerAdapter",
+    "UnsupportedLayerWarning",
+    "exact_fisher_blocks",
+    "fisher_blocks",
+    "fisher_sample_sums",
+    "get_adapter",
+    "register_adapter",
+    "sample_targets",
+]
