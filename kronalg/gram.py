@@ -36,17 +36,22 @@ GRAM_MAX_COEFFICIENTS = 4096
 
 @dataclasses.dataclass(frozen=True)
 class GramProblem:
-    """``R = P W Qᵀ`` known through ``K_P = PᵀP``, ``K_Q = QᵀQ`` and the maps ``x ↦ mat(P x)``, ``y ↦ mat(Q y)``.
+    """``R = P C Qᵀ`` known through ``K_P = PᵀP``, ``K_Q = QᵀQ``, the core ``C`` and the maps ``x ↦ mat(P x)``.
+
+    The core is ``C = diag(w) − X_c diag(s_c) Y_cᵀ``: the sum's weights, minus known terms
+    ``σ (P x)(Q y)ᵀ`` already removed (deflation, or a K-FAC term ``P w wᵀ Qᵀ``).
 
     Attributes
     ----------
     KP, KQ : array of shape (N, N)
         Gram matrices of the columns of ``P`` and ``Q``.
     w : array of shape (N,)
-        Diagonal of ``W``.
+        Diagonal of the core.
     left, right : callable
         Map coefficients of shape ``(k, N)`` to the matrices ``mat(P x)`` of
         shape ``(k, p, q)`` (resp. ``mat(Q y)`` of shape ``(k, r, s)``).
+    removed : tuple of arrays or None
+        ``(X_c, s_c, Y_c)`` of shapes ``(N, j)``, ``(j,)``, ``(N, j)``: the low-rank part taken from the core.
     """
 
     xp: Any
@@ -56,16 +61,44 @@ class GramProblem:
     w: Any
     left: Callable[[Any], Any]
     right: Callable[[Any], Any]
+    removed: tuple[Any, Any, Any] | None = None
 
     @property
     def size(self) -> int:
         """``N``, the number of coefficients."""
         return self.KP.shape[0]
 
-    def fro_norm_sq(self) -> float:
-        """``‖R‖_F² = tr(W K_P W K_Q) = Σ_ij w_i w_j (K_P)_ij (K_Q)_ij``, free from the Grams."""
+    def core(self, M: Any) -> Any:
+        """``C M`` for ``M`` of shape ``(N, j)``."""
+        out = self.w[:, None] * M
+        if self.removed is not None:
+            Xc, sc, Yc = self.removed
+            out = out - Xc @ (sc[:, None] * (self.xp.matrix_transpose(Yc) @ M))
+        return out
+
+    def core_t(self, M: Any) -> Any:
+        """``Cᵀ M`` for ``M`` of shape ``(N, j)``."""
+        out = self.w[:, None] * M
+        if self.removed is not None:
+            Xc, sc, Yc = self.removed
+            out = out - Yc @ (sc[:, None] * (self.xp.matrix_transpose(Xc) @ M))
+        return out
+
+    def without(self, X: Any, S: Any, Y: Any) -> GramProblem:
+        """The problem of ``R − Σ σ_i (P x_i)(Q y_i)ᵀ`` (columns of ``X``, ``Y``; weights ``S``)."""
         xp = self.xp
-        return float(xp.sum((self.w[:, None] * self.KP) * (self.KQ * self.w[None, :])))
+        if self.removed is not None:
+            Xc, sc, Yc = self.removed
+            X, S, Y = xp.concat([Xc, X], axis=1), xp.concat([sc, S]), xp.concat([Yc, Y], axis=1)
+        return dataclasses.replace(self, removed=(X, S, Y))
+
+    def fro_norm_sq(self) -> float:
+        """``‖R‖_F² = tr(C K_Q Cᵀ K_P)``, from the Grams (``O(N²)`` without removed terms, else ``O(N³)``)."""
+        xp = self.xp
+        if self.removed is None:
+            return float(xp.sum((self.w[:, None] * self.KP) * (self.KQ * self.w[None, :])))
+        # tr(Cᵀ K_P C K_Q) = Σ (K_P C) ∘ (C K_Q), with K_P C = (Cᵀ K_P)ᵀ
+        return float(xp.sum(xp.matrix_transpose(self.core_t(self.KP)) * self.core(self.KQ)))
 
 
 def _location_gram(xp: Any, F: Any) -> tuple[Any, Callable[[Any], Any]]:
@@ -161,7 +194,7 @@ def gram_svd(
 ) -> tuple[Any, Any, Any, ConvergenceInfo]:
     """Top-``k`` singular triplets of ``R = P W Qᵀ`` from its Gram matrices.
 
-    Block Krylov iteration with ``T = W K_Q W K_P`` (``R Rᵀ`` in coefficients,
+    Block Krylov iteration with ``T = C K_Q Cᵀ K_P`` (``R Rᵀ`` in coefficients,
     self-adjoint in the ``K_P`` metric), bases orthonormal in that metric, a
     Rayleigh–Ritz SVD of ``(P X)ᵀ R (Q Y)`` and a thick restart from the leading
     Ritz vectors; stops when every triplet has ``‖R v − σ u‖ ≤ tol·σ_1``.  The
@@ -195,8 +228,8 @@ def gram_svd(
     tol = default_tol(xp, dtype) if tol is None else tol
     b = min(N, k + 6)
     X0 = random_normal(xp, (N, b), dtype=dtype, device=problem.device, seed=seed)
-    # first column x = w: u ∝ Σ w_n g_n g_nᵀ, the K-FAC factor, already close to the leading factor
-    X0 = xp.concat([w[:, None], X0[:, 1:]], axis=1)
+    if problem.removed is None:  # first column x = w: u ∝ Σ w_n g_n g_nᵀ, the K-FAC factor, close to the answer
+        X0 = xp.concat([w[:, None], X0[:, 1:]], axis=1)
     X, KX = _orthonormalize(xp, KP, X0)
     krylov = min(N, max(4 * b, 32))
     residuals: list[float] = []
@@ -209,10 +242,10 @@ def gram_svd(
         if X.shape[1] == 0:  # R = 0
             converged = True
             break
-        # block Krylov space of T = W K_Q W K_P (self-adjoint in the K_P metric; eigenvalues σ²)
+        # block Krylov space of T = C K_Q Cᵀ K_P (self-adjoint in the K_P metric; eigenvalues σ²)
         Qs, KQs, KZ = [X], [KX], KX
         while sum(q.shape[1] for q in Qs) < krylov:
-            Z = w[:, None] * (KQ @ (w[:, None] * KZ))
+            Z = problem.core(KQ @ problem.core_t(KZ))
             KZ = KP @ Z
             products += Z.shape[1]
             size = float(xp.max(xp.sum(Z * KZ, axis=0)))  # squared K_P-norm before orthogonalization
@@ -225,9 +258,9 @@ def gram_svd(
             Qs.append(Z)
             KQs.append(KZ)
         Qb, KQb = xp.concat(Qs, axis=1), xp.concat(KQs, axis=1)
-        # Rayleigh–Ritz: left space P Qb, right space Rᵀ P Qb = Q (W K_P Qb)
-        Y, _ = _orthonormalize(xp, KQ, w[:, None] * KQb)
-        Zr = w[:, None] * (KQ @ Y)  # R (Q Y) = P Zr
+        # Rayleigh–Ritz: left space P Qb, right space Rᵀ P Qb = Q (Cᵀ K_P Qb)
+        Y, _ = _orthonormalize(xp, KQ, problem.core_t(KQb))
+        Zr = problem.core(KQ @ Y)  # R (Q Y) = P Zr
         KZr = KP @ Zr
         Ub, S, Vbh = xp.linalg.svd(xp.matrix_transpose(Qb) @ KZr, full_matrices=False)  # (P Qb)ᵀ R (Q Y)
         Vb = xp.matrix_transpose(Vbh)

@@ -24,7 +24,7 @@ from ._linalg import sign_of
 from ._vec import rearrange_blocks
 from .gram import GRAM_MAX_COEFFICIENTS, gram_problem, gram_svd
 from .operators import KronSum, MatrixOperator, SampleKronSum
-from .results import SVDResult
+from .results import ConvergenceInfo, SVDResult
 
 __all__ = ["NearestKroneckerInfo", "nearest_kronecker", "gram_size", "NEAREST_METHODS"]
 
@@ -302,6 +302,8 @@ def _triplets(
         X, S, Y, info = gram_svd(problem, rank, tol=tol, maxiter=maxiter or 300, seed=0 if seed is None else seed)
         Us, Vs = problem.left(xp.matrix_transpose(X)), problem.right(xp.matrix_transpose(Y))
         return _MatrixTriplets(Us, S, Vs, info), info.iterations, info.converged, problem.fro_norm_sq()
+    if method == "deflation" and isinstance(M, (KronSum, SampleKronSum)) and gram_size(M) <= GRAM_MAX_COEFFICIENTS:
+        return _deflation_gram(xp, M, rank, tol, maxiter, seed)
     op = _rearranged_operator(xp, M, a, b)
     start = _x0_triplets(xp, x0, a, b)
     if start is None and isinstance(M, SampleKronSum) and M.is_psd:
@@ -333,6 +335,31 @@ def _triplets(
         iterations += res.info.iterations
         converged = converged and res.info.converged
     return SVDResult(xp.concat(Us, axis=1), xp.concat(Ss), xp.concat(Vhs, axis=0)), iterations, converged, None
+
+
+def _deflation_gram(
+    xp: Any, M: KronSum | SampleKronSum, rank: int, tol: Any, maxiter: Any, seed: Any
+) -> tuple[_MatrixTriplets, int, bool, float]:
+    """Koroko §3.2.1 with exact stages: the best Kronecker product of ``M``, then of ``M`` minus it, and so on.
+
+    Each stage is a rank-1 Gram problem on the deflated core ``C = W − Σ σ x yᵀ``; nothing is formed.
+    """
+    problem = gram_problem(M)
+    total = problem.fro_norm_sq()
+    Xs, Ss, Ys, iterations, converged = [], [], [], 0, True
+    for i in range(rank):
+        X, S, Y, info = gram_svd(problem, 1, tol=tol, maxiter=maxiter or 300, seed=(0 if seed is None else seed) + i)
+        Xs.append(X)
+        Ss.append(S)
+        Ys.append(Y)
+        iterations += info.iterations
+        converged = converged and info.converged
+        problem = problem.without(X, S, Y)
+    X, S, Y = xp.concat(Xs, axis=1), xp.concat(Ss), xp.concat(Ys, axis=1)
+    base = gram_problem(M)
+    Us, Vs = base.left(xp.matrix_transpose(X)), base.right(xp.matrix_transpose(Y))
+    info = ConvergenceInfo(iterations=iterations, matvecs=0, converged=converged, residuals=(), tol=tol or 0.0)
+    return _MatrixTriplets(Us, S, Vs, info), iterations, converged, total
 
 
 def nearest_kronecker(
@@ -373,7 +400,8 @@ def nearest_kronecker(
         coefficient space to ``tol``; on dense input, from the smaller Gram
         matrix of ``R(M)``. ``"power"``: power SVD (Koroko App. B.1), rank > 1 by
         deflation. ``"deflation"``: successive power SVDs on deflated operators
-        (Koroko §3.2.1). ``"lanczos"``: restarted Golub–Kahan–Lanczos (§3.2.2).
+        (Koroko §3.2.1); on implicit sums small enough for the Gram route each stage
+        is an exact Gram problem on the deflated core. ``"lanczos"``: restarted Golub–Kahan–Lanczos (§3.2.2).
         ``"randomized"``: randomized SVD (approximate, no tolerance).
         ``"auto"``: dense input → ``"svd"`` while ``min(p·q, r·s) ≤ 1024``, else
         ``"lanczos"``; implicit input → ``"gram"`` while ``N ≤ 4096``, else
