@@ -123,3 +123,28 @@ def test_gram_matches_svd_property(n, p, r, seed):
     ref = nearest_kronecker(F, rank=1, method="svd")
     scale = max(np.abs(ref.to_dense()).max(), 1e-300)
     np.testing.assert_allclose(K.to_dense(), ref.to_dense(), atol=1e-7 * scale)
+
+
+@pytest.mark.parametrize("kind", ["rank1", "conv"])
+def test_deflation_runs_exact_gram_stages(backend, dtype, rng, kind):
+    F_np, _ = _samples(kind, rng)
+    F = _as_backend(backend, dtype, F_np, kind, rng)
+    K = nearest_kronecker(F, rank=3, method="deflation")
+    ref = nearest_kronecker(F_np, rank=3, method="svd")
+    assert K.info.method == "deflation" and K.info.converged
+    atol = (1e-4 if dtype == "float32" else 1e-8) * np.abs(ref.to_dense()).max()
+    np.testing.assert_allclose(to_numpy(K.to_dense()), ref.to_dense(), atol=atol)
+
+
+def test_gram_problem_without_removes_terms_and_keeps_the_norm_exact(rng):
+    F, _ = _samples("rank1", rng, n=15)
+    problem = gram_problem(F)
+    X, S, Y, _ = gram_svd(problem, 1)
+    deflated = problem.without(X, S, Y)
+    R = rearrange(F.to_dense(), F.a_shape, F.b_shape)
+    u = problem.left(X.T).reshape(1, -1).T
+    v = problem.right(Y.T).reshape(1, -1).T
+    R2 = R - S[0] * u @ v.T
+    assert deflated.fro_norm_sq() == pytest.approx(np.sum(R2**2), rel=1e-10)
+    _, S2, _, _ = gram_svd(deflated, 2)
+    np.testing.assert_allclose(S2, np.linalg.svd(R2, compute_uv=False)[:2], rtol=1e-9)
