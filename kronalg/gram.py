@@ -155,7 +155,7 @@ def gram_problem(M: KronSum | SampleKronSum) -> GramProblem:
 
         ones = xp.ones((k,), dtype=M.dtype, device=M.device)
         return GramProblem(xp, M.device, Af @ xp.matrix_transpose(Af), Bf @ xp.matrix_transpose(Bf), ones, left, right)
-    G, A = M.location_factors()
+    G, A = M.compact_factors()
     n, T = G.shape[0], G.shape[1]
     KP, left = _location_gram(xp, G)
     KQ, right = _location_gram(xp, A)

@@ -255,7 +255,7 @@ def gram_size(M: KronSum | SampleKronSum) -> int:
     """
     if isinstance(M, KronSum):
         return len(M)
-    return M.n_samples * M.n_locations**2
+    return M.n_samples * min(M.n_locations, M.a_shape[0], M.b_shape[0]) ** 2
 
 
 def _svd_dense(xp: Any, R: Any, rank: int) -> tuple[SVDResult, float]:

@@ -592,6 +592,24 @@ class SampleKronSum(KronOperator):
         U, S, Vh = xp.linalg.svd(self._X, full_matrices=False)  # X_n = U_n diag(S_n) Vh_n
         return xp.matrix_transpose(U * S[:, None, :]), Vh
 
+    def compact_factors(self) -> tuple[Any, Any]:
+        """Like :meth:`location_factors` with the fewest terms per sample: ``T ≤ min(p, r)``.
+
+        When a convolution has more locations than ``rank X_n ≤ min(p, r)``, a
+        batched thin SVD of the ``X_n`` gives an exact factorization with fewer
+        terms (what the Gram route wants: it works in ``n·T²`` coefficients).
+
+        Returns
+        -------
+        G : array of shape (n, T', p)
+        A : array of shape (n, T', r)
+        """
+        if self._X is not None and self._location_factors is not None and self.n_locations > min(*self._X.shape[1:]):
+            xp = self.xp
+            U, S, Vh = xp.linalg.svd(self._X, full_matrices=False)
+            return xp.matrix_transpose(U * S[:, None, :]), Vh
+        return self.location_factors()
+
     # -- products with F ---------------------------------------------------------
     def _coefficients(self, V: Any) -> Any:
         """``c[..., n] = w_n ⟨X_n, V⟩`` for ``V`` of shape ``(..., p, r)``."""

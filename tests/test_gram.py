@@ -97,7 +97,7 @@ def test_auto_picks_gram_for_small_implicit_sums(rng):
 
 
 def test_gram_refuses_too_many_coefficients(rng):
-    F = SampleKronSum.from_factors(rng.standard_normal((2, 50, 3)), rng.standard_normal((2, 50, 3)))
+    F = SampleKronSum.from_factors(rng.standard_normal((2, 60, 50)), rng.standard_normal((2, 60, 55)))
     with pytest.raises(ValueError, match='method="gram" works in n·T² = 5000 coefficients'):
         nearest_kronecker(F, method="gram")
 
@@ -148,3 +148,12 @@ def test_gram_problem_without_removes_terms_and_keeps_the_norm_exact(rng):
     assert deflated.fro_norm_sq() == pytest.approx(np.sum(R2**2), rel=1e-10)
     _, S2, _, _ = gram_svd(deflated, 2)
     np.testing.assert_allclose(S2, np.linalg.svd(R2, compute_uv=False)[:2], rtol=1e-9)
+
+
+def test_gram_compacts_convolutions_with_many_locations(rng):
+    # T = 40 locations but X_n is 3×4: the Gram route works with n·min(p, r)² coefficients, exactly.
+    F = SampleKronSum.from_factors(rng.standard_normal((5, 40, 3)), rng.standard_normal((5, 40, 4)), weights=0.2)
+    assert gram_size(F) == 5 * 9
+    K = nearest_kronecker(F, rank=2, method="gram")
+    ref = nearest_kronecker(F, rank=2, method="svd")
+    np.testing.assert_allclose(K.to_dense(), ref.to_dense(), atol=1e-9 * np.abs(ref.to_dense()).max())
