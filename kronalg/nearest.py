@@ -236,9 +236,15 @@ def _rearranged_operator(xp: Any, M: Any, a: tuple, b: tuple) -> Any:
 def _resolve_auto(M: Any, a: tuple, b: tuple, rank: int, x0: Any) -> str:
     if not isinstance(M, (KronSum, SampleKronSum)):
         return "svd" if min(a[0] * a[1], b[0] * b[1]) <= AUTO_DENSE_SVD_MAX else "lanczos"
-    if gram_size(M) <= GRAM_MAX_COEFFICIENTS:
+    if _gram_pays_off(M, a, b):
         return "gram"
     return "power" if rank == 1 and x0 is not None else "lanczos"
+
+
+def _gram_pays_off(M: KronSum | SampleKronSum, a: tuple, b: tuple) -> bool:
+    """The Gram route pays off while its coefficient space is no larger than the smaller side of ``R(M)``."""
+    N = gram_size(M)
+    return N <= GRAM_MAX_COEFFICIENTS and N <= min(a[0] * a[1], b[0] * b[1])
 
 
 def gram_size(M: KronSum | SampleKronSum) -> int:
@@ -302,7 +308,7 @@ def _triplets(
         X, S, Y, info = gram_svd(problem, rank, tol=tol, maxiter=maxiter or 300, seed=0 if seed is None else seed)
         Us, Vs = problem.left(xp.matrix_transpose(X)), problem.right(xp.matrix_transpose(Y))
         return _MatrixTriplets(Us, S, Vs, info), info.iterations, info.converged, problem.fro_norm_sq()
-    if method == "deflation" and isinstance(M, (KronSum, SampleKronSum)) and gram_size(M) <= GRAM_MAX_COEFFICIENTS:
+    if method == "deflation" and isinstance(M, (KronSum, SampleKronSum)) and _gram_pays_off(M, a, b):
         return _deflation_gram(xp, M, rank, tol, maxiter, seed)
     op = _rearranged_operator(xp, M, a, b)
     start = _x0_triplets(xp, x0, a, b)
@@ -318,8 +324,10 @@ def _triplets(
 
         res = randomized_svd(op, rank, seed=seed)
         return res, res.info.iterations if res.info else 0, True, None
-    # "power" (rank 1) and "deflation": successive power SVDs on deflated operators (Koroko §3.2.1)
+    # "power" (rank > 1) and "deflation": successive rank-1 solves on deflated operators (Koroko §3.2.1);
+    # "power" stages run the power method, "deflation" stages a restarted Lanczos (robust to small gaps)
     from .deflation import deflate
+    from .lanczos import lanczos_svd
     from .power import power_svd
 
     Us, Ss, Vhs, iterations, converged = [], [], [], 0, True
@@ -328,7 +336,11 @@ def _triplets(
         guess = None
         if start is not None and i < start.S.shape[0]:
             guess = start.Vh[i, :]
-        res = power_svd(target, x0=guess, tol=tol, maxiter=maxiter, seed=None if seed is None else seed + i)
+        stage_seed = None if seed is None else seed + i
+        if method == "deflation":
+            res = lanczos_svd(target, 1, x0=guess, tol=tol, maxiter=maxiter, seed=stage_seed)
+        else:
+            res = power_svd(target, x0=guess, tol=tol, maxiter=maxiter, seed=stage_seed)
         Us.append(res.U)
         Ss.append(res.S)
         Vhs.append(res.Vh)
@@ -399,12 +411,13 @@ def nearest_kronecker(
         matrices of an implicit sum (``N`` = samples·T², or terms), iterated in
         coefficient space to ``tol``; on dense input, from the smaller Gram
         matrix of ``R(M)``. ``"power"``: power SVD (Koroko App. B.1), rank > 1 by
-        deflation. ``"deflation"``: successive power SVDs on deflated operators
-        (Koroko §3.2.1); on implicit sums small enough for the Gram route each stage
-        is an exact Gram problem on the deflated core. ``"lanczos"``: restarted Golub–Kahan–Lanczos (§3.2.2).
+        deflation. ``"deflation"``: successive rank-1 solves on deflated operators
+        (Koroko §3.2.1), each stage a rank-1 Lanczos on the deflated operator, or,
+        where the Gram route pays off, an exact Gram problem on the deflated core.
+        ``"lanczos"``: restarted Golub–Kahan–Lanczos (§3.2.2).
         ``"randomized"``: randomized SVD (approximate, no tolerance).
         ``"auto"``: dense input → ``"svd"`` while ``min(p·q, r·s) ≤ 1024``, else
-        ``"lanczos"``; implicit input → ``"gram"`` while ``N ≤ 4096``, else
+        ``"lanczos"``; implicit input → ``"gram"`` while ``N ≤ 4096`` and ``N ≤ min(p·q, r·s)``, else
         ``"power"`` for rank 1 with a warm start ``x0``, else ``"lanczos"``.
     tol : float, optional
         Relative residual of iterative methods (default 1e-10 in float64, 1e-5 in float32).
