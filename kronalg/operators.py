@@ -16,6 +16,7 @@ the private ``_matvec``/``_rmatvec``/``_matmat``/``_rmatmat`` of a subclass.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,7 +39,7 @@ __all__ = [
 _GRAM_BLOCK_ENTRIES = 1 << 22
 
 
-class KronOperator:
+class KronOperator(ABC):
     """Base of the library's linear operators.
 
     Subclasses set ``xp``, ``device``, ``shape`` and ``dtype`` and implement
@@ -91,12 +92,14 @@ class KronOperator:
         eye = self.xp.eye(self.shape[1], dtype=self.dtype, device=self.device)
         return self._matmat(eye)
 
-    # -- defaults for subclasses ---------------------------------------------
+    # -- what subclasses provide ----------------------------------------------
+    @abstractmethod
     def _matvec(self, x: Any) -> Any:
-        raise NotImplementedError  # abstract: every concrete operator defines it
+        """``A x`` for a validated vector ``x``."""
 
+    @abstractmethod
     def _rmatvec(self, y: Any) -> Any:
-        raise NotImplementedError  # abstract: every concrete operator defines it
+        """``Aᵀ y`` for a validated vector ``y``."""
 
     def _matmat(self, X: Any) -> Any:
         xp = self.xp
@@ -114,8 +117,9 @@ class KronOperator:
         if x.dtype != self.dtype:
             raise TypeError(f"`{name}` has dtype {x.dtype} but the operator has dtype {self.dtype}")
 
+    @abstractmethod
     def _reference_array(self) -> Any:
-        raise NotImplementedError  # abstract: returns one of the operator's arrays
+        """One of the operator's arrays (its namespace and device), or ``None`` for host operators."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} of shape {self.shape} and dtype {self.dtype}>"

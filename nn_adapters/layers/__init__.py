@@ -6,13 +6,15 @@ holds :class:`LayerAdapter`, the interface the registry stores.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from torch import Tensor, nn
 
 __all__ = ["LayerAdapter"]
 
 
-class LayerAdapter:
-    """Interface of a layer adapter (subclass it and override every method).
+class LayerAdapter(ABC):
+    """Interface of a layer adapter (subclass it and implement the abstract methods).
 
     The per-sample gradient of ``W̄`` is ``X_n = G_nᵀ A_n = Σ_t g_nt a_ntᵀ``,
     with ``G`` from :meth:`output_factors` and ``A`` from :meth:`input_factors`
@@ -33,6 +35,7 @@ class LayerAdapter:
         """
         return None
 
+    @abstractmethod
     def input_factors(self, module: nn.Module, x: Tensor) -> Tensor:
         """Layer inputs ``ā`` (bias coordinate 1 appended when the layer has a bias).
 
@@ -47,8 +50,8 @@ class LayerAdapter:
         -------
         Tensor of shape (n, r) or (n, T, r)
         """
-        raise NotImplementedError
 
+    @abstractmethod
     def output_factors(self, module: nn.Module, grad_output: Tensor) -> Tensor:
         """Output gradients ``g`` of the per-sample loss, matching :meth:`input_factors`.
 
@@ -63,8 +66,8 @@ class LayerAdapter:
         -------
         Tensor of shape (n, p) or (n, T, p)
         """
-        raise NotImplementedError
 
+    @abstractmethod
     def to_matrix(self, module: nn.Module, weight: Tensor, bias: Tensor | None) -> Tensor:
         """``W̄ = [W | b]`` from a weight (and bias), batched over leading dims.
 
@@ -79,8 +82,8 @@ class LayerAdapter:
         -------
         Tensor of shape (..., p, r)
         """
-        raise NotImplementedError
 
+    @abstractmethod
     def from_matrix(self, module: nn.Module, matrix: Tensor) -> tuple[Tensor, Tensor | None]:
         """Inverse of :meth:`to_matrix`: ``(weight, bias)`` shaped like the module's parameters.
 
@@ -95,4 +98,3 @@ class LayerAdapter:
         weight : Tensor
         bias : Tensor or None
         """
-        raise NotImplementedError
