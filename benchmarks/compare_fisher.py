@@ -358,7 +358,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="batch 32 only, fewer methods")
     parser.add_argument("--repeat", type=int, default=3, help="best of this many timings (capped at ~2 s each)")
     parser.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (default 32 128)")
-    parser.add_argument("--full", action="store_true", help="also run deflation (minutes)")
     args = parser.parse_args(argv)
     batches = args.batch or ([32] if args.quick else [32, 128])
     methods = ["kfac", "tkfac", "kpsvd", "kfoc"] if args.quick else list(METHODS)
@@ -366,11 +365,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"peers: curvlinops {CURVLINOPS or 'ok'}, BackPACK {BACKPACK or 'ok'}")
     print("\n1. fisher_blocks end to end      ms   × kfac   × fwd+bwd")
     for kind in MODELS:
-        skip = {}
-        if not args.full and "deflation" in methods:
-            skip["deflation"] = (
-                "skipped (--full): 10-20 s on the MLP; on the CNN power SVD hits maxiter=1000 unconverged, ~85 s"
-            )
+        skip: dict[str, str] = {}
         for batch in batches:
             print("\n".join(method_rows(kind, batch, methods, args.repeat, skip)))
     print("\n2. warm starts: fisher_blocks has no x0-like option (checked nn_adapters/fisher.py);")
