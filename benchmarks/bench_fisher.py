@@ -116,8 +116,6 @@ class FisherBlocks:
     timeout = 300
 
     def setup(self, method, model):
-        if model == "cnn" and method == "deflation":
-            raise NotImplementedError("power SVD does not converge on the CNN's head within maxiter (~85 s)")
         _check(model, method)
         self.model, self.x, self.y = _problem(model, tiny=False, batch=32, dtype=torch.float32)
 
