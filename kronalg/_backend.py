@@ -18,6 +18,7 @@ import numpy as np
 __all__ = [
     "namespace_and_device",
     "device_of",
+    "is_array",
     "is_real_floating",
     "eps",
     "solve_triangular",
@@ -69,6 +70,11 @@ def namespace_and_device(*arrays: Any) -> tuple[Any, Any]:
         if d != first:
             raise TypeError(f"all arrays in one call must be on one device, got {first} and {d}")
     return xp, first
+
+
+def is_array(x: Any) -> bool:
+    """Whether ``x`` is an array of a supported library (NumPy, CuPy, torch, array-API)."""
+    return bool(array_api_compat.is_array_api_obj(x))
 
 
 def device_of(x: Any) -> Any:

@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._backend import asarray_on, cholesky, eigh, eps, namespace_and_device, solve_triangular
+from ._backend import asarray_on, cholesky, device_of, eigh, eps, is_array, namespace_and_device, solve_triangular
 from ._checks import check_finite, check_floating, check_matrix, check_same_dtype
 from .results import EighResult, SVDResult
 
@@ -149,7 +149,7 @@ def _times_inverse_transpose(xp: Any, P: Any, L: Any) -> Any:
     several times slower than the GEMM on OpenBLAS, and the Cholesky factors here are well conditioned (the Gram
     matrix is shifted, or close to the identity).
     """
-    eye = xp.eye(L.shape[0], dtype=L.dtype, device=_device(L))
+    eye = xp.eye(L.shape[0], dtype=L.dtype, device=device_of(L))
     L_inv = solve_triangular(xp, L, eye, lower=True)
     return xp.matmul(P, xp.matrix_transpose(L_inv))
 
@@ -176,7 +176,7 @@ def _complement(xp: Any, U: Any, A: Any) -> tuple[Any, Any, Any]:
         ``Qᵀ A``.
     """
     d, c = A.shape
-    dtype, device = A.dtype, _device(A)
+    dtype, device = A.dtype, device_of(A)
     Ut = xp.matrix_transpose(U)
     # noise floor of a d×c Gram matrix relative to its norm (typical, not worst-case, rounding growth)
     floor = math.sqrt(d * max(c, 1)) * eps(xp, dtype)
@@ -450,7 +450,7 @@ def brand_light_correction(U: Any, w: Any, M: Any, n_correct: int, *, seed: Any 
     >>> bool(err(*res) <= err(w, U))
     True
     """
-    arrays = [U, w] + ([M] if _is_array(M) else [])
+    arrays = [U, w] + ([M] if is_array(M) else [])
     xp, device = namespace_and_device(*arrays)
     check_matrix(U, "U")
     _check_vector(w, "w")
@@ -465,9 +465,9 @@ def brand_light_correction(U: Any, w: Any, M: Any, n_correct: int, *, seed: Any 
         raise TypeError(f"`n_correct` must be an int, got {type(n_correct).__name__}")
     if not 1 <= n_correct <= r:
         raise ValueError(f"`n_correct` must be in [1, r] = [1, {r}] with r = U.shape[1], got {n_correct}")
-    named = {"U": U, "w": w} | ({"M": M} if _is_array(M) else {})
+    named = {"U": U, "w": w} | ({"M": M} if is_array(M) else {})
     _check_arrays(xp, named)
-    if not _is_array(M) and getattr(M, "dtype", U.dtype) != U.dtype:
+    if not is_array(M) and getattr(M, "dtype", U.dtype) != U.dtype:
         raise TypeError(f"`M` has dtype {M.dtype} but `U` has dtype {U.dtype}; pass one dtype")
     _check_finite_all(xp, {"U": U, "w": w})
 
@@ -558,26 +558,14 @@ def spectrum_continuation(eigenvalues: Any, damping: float = 0.0) -> ContinuedSp
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _is_array(x: Any) -> bool:
-    import array_api_compat
-
-    return bool(array_api_compat.is_array_api_obj(x))
-
-
-def _device(x: Any) -> Any:
-    import array_api_compat
-
-    return array_api_compat.device(x)
-
-
 def _embed_diag(xp: Any, v: Any, rows: int, cols: int) -> Any:
     """The ``rows×cols`` matrix with ``v`` (length ``k ≤ min(rows, cols)``) on the leading diagonal, zeros elsewhere."""
     k = v.shape[0]
-    eye = xp.eye(rows, k, dtype=v.dtype, device=_device(v))
+    eye = xp.eye(rows, k, dtype=v.dtype, device=device_of(v))
     top = eye * v[None, :]
     if cols == k:
         return top
-    return xp.concat([top, xp.zeros((rows, cols - k), dtype=v.dtype, device=_device(v))], axis=1)
+    return xp.concat([top, xp.zeros((rows, cols - k), dtype=v.dtype, device=device_of(v))], axis=1)
 
 
 def _largest_entry_signs(xp: Any, V: Any) -> Any:
@@ -587,5 +575,5 @@ def _largest_entry_signs(xp: Any, V: Any) -> Any:
     C-ordered array.
     """
     if V.shape[0] == 0:
-        return xp.ones((V.shape[1],), dtype=V.dtype, device=_device(V))
+        return xp.ones((V.shape[1],), dtype=V.dtype, device=device_of(V))
     return 1.0 - 2.0 * xp.astype(-xp.min(V, axis=0) > xp.max(V, axis=0), V.dtype)
