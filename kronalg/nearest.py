@@ -238,7 +238,7 @@ def _resolve_auto(M: Any, a: tuple, b: tuple, rank: int, x0: Any) -> str:
         return "svd" if min(a[0] * a[1], b[0] * b[1]) <= AUTO_DENSE_SVD_MAX else "lanczos"
     if _gram_pays_off(M, a, b):
         return "gram"
-    return "power" if rank == 1 and x0 is not None else "lanczos"
+    return "lanczos"  # warm-started from x0 when given; plain power stalls on small singular gaps
 
 
 def _gram_pays_off(M: KronSum | SampleKronSum, a: tuple, b: tuple) -> bool:
@@ -418,7 +418,7 @@ def nearest_kronecker(
         ``"randomized"``: randomized SVD (approximate, no tolerance).
         ``"auto"``: dense input → ``"svd"`` while ``min(p·q, r·s) ≤ 1024``, else
         ``"lanczos"``; implicit input → ``"gram"`` while ``N ≤ 4096`` and ``N ≤ min(p·q, r·s)``, else
-        ``"power"`` for rank 1 with a warm start ``x0``, else ``"lanczos"``.
+        ``"lanczos"`` (warm-started from ``x0`` when given).
     tol : float, optional
         Relative residual of iterative methods (default 1e-10 in float64, 1e-5 in float32).
     maxiter : int, optional
