@@ -356,8 +356,8 @@ def _deflation_gram(
 
     Each stage is a rank-1 Gram problem on the deflated core ``C = W − Σ σ x yᵀ``; nothing is formed.
     """
-    problem = gram_problem(M)
-    total = problem.fro_norm_sq()
+    base = gram_problem(M)
+    problem, total = base, base.fro_norm_sq()
     Xs, Ss, Ys, iterations, converged = [], [], [], 0, True
     for i in range(rank):
         X, S, Y, info = gram_svd(problem, 1, tol=tol, maxiter=maxiter or 300, seed=(0 if seed is None else seed) + i)
@@ -368,7 +368,6 @@ def _deflation_gram(
         converged = converged and info.converged
         problem = problem.without(X, S, Y)
     X, S, Y = xp.concat(Xs, axis=1), xp.concat(Ss), xp.concat(Ys, axis=1)
-    base = gram_problem(M)
     Us, Vs = base.left(xp.matrix_transpose(X)), base.right(xp.matrix_transpose(Y))
     info = ConvergenceInfo(iterations=iterations, matvecs=0, converged=converged, residuals=(), tol=tol or 0.0)
     return _MatrixTriplets(Us, S, Vs, info), iterations, converged, total
