@@ -105,7 +105,7 @@ def _lu_basis(xp: Any, Y: Any) -> Any:
     if array_api_compat.is_torch_namespace(xp) and Y.device.type == "cpu":
         import torch
 
-        LU, piv = torch.linalg.lu_factor(Y)
+        LU, piv, _ = torch.linalg.lu_factor_ex(Y)  # a singular U (rank-deficient Y) does not matter: L is used
         m, ell = Y.shape
         L = torch.tril(LU, -1) + torch.eye(m, ell, dtype=Y.dtype, device=Y.device)
         perm = list(range(m))  # LAPACK row swaps (1-based), applied in order

@@ -144,6 +144,13 @@ class KronSumSolver:
         compute no residual in ``solve``).  An int ``k > 0``: exactly ``k`` steps.
     max_refine : int
         Bound on the number of steps of ``"auto"``/``True`` refinement.
+    psd_floor : float in (0, 1), optional
+        Instead of raising when the system is not positive definite, raise each eigenvalue
+        ``a₁ᵢa₂ⱼ + sign·c₁ᵢc₂ⱼ`` of the pencil below ``psd_floor·(a₁ᵢa₂ⱼ + |c₁ᵢc₂ⱼ|)`` to that floor: the solve is
+        then with the matrix ``P⁻ᵀ diag(max(d, floor)) P⁻¹``, the positive definite matrix that agrees with
+        ``A⊗B ± C⊗D`` on every eigendirection where it was already above the floor (``n_clipped`` counts the
+        others).  When anything is clipped, no refinement is done (the residual would be against the unclipped
+        system).  Used by optimizers whose Kronecker-rank-2 curvature estimate may be indefinite.
 
     Attributes
     ----------
@@ -166,6 +173,8 @@ class KronSumSolver:
         The same as a backward error (see ``probe_backward_error``).
     last_refine_steps : int
         Correction steps taken by the last ``solve``.
+    n_clipped : int
+        Eigenvalues of the pencil raised to the floor (always 0 without ``psd_floor``).
 
     Warns
     -----
@@ -227,6 +236,7 @@ class KronSumSolver:
         *,
         refine: str | bool | int = "auto",
         max_refine: int = MAX_REFINE,
+        psd_floor: float | None = None,
     ) -> None:
         if isinstance(sign, bool) or not _is_scalar(sign) or sign not in (1, -1):
             raise ValueError(f"`sign` must be +1 or -1, got {sign!r}")
@@ -236,6 +246,10 @@ class KronSumSolver:
             raise ValueError(f'`refine` must be "auto", a bool or a non-negative int, got {refine!r}')
         if isinstance(max_refine, bool) or not isinstance(max_refine, int) or max_refine < 0:
             raise ValueError(f"`max_refine` must be a non-negative int, got {max_refine!r}")
+        if psd_floor is not None and not (
+            isinstance(psd_floor, (int, float)) and not isinstance(psd_floor, bool) and 0 < psd_floor < 1
+        ):
+            raise ValueError(f"`psd_floor` must be None or a number in (0, 1), got {psd_floor!r}")
         self._sign = int(sign)
         self._refine = refine
         self._max_refine = max_refine
@@ -280,6 +294,12 @@ class KronSumSolver:
         outer_a = a1[:, None] * a2[None, :]
         outer_c = c1[:, None] * c2[None, :]
         den = outer_a + self._sign * outer_c
+        self.n_clipped: int = 0
+        if psd_floor is not None:  # project onto the PD cone in the pencil's eigenbasis
+            floor = psd_floor * (outer_a + xp.abs(outer_c))
+            clipped = den < floor
+            self.n_clipped = int(to_scalar(xp.sum(xp.astype(clipped, xp.int64))))
+            den = xp.where(clipped, floor, den)
         rel = to_scalar(xp.min(den / (outer_a + xp.abs(outer_c))))
         if not rel > self._eps:
             raise ValueError(
@@ -293,17 +313,19 @@ class KronSumSolver:
         self._W = 1.0 / den
         self._norm_op = nA * nB + nC * nD
 
-        miss, rel_res, bwd = self._probe()
+        miss, rel_res, bwd = self._probe() if self.n_clipped == 0 else (math.nan, math.nan, math.nan)
         self.probe_residual: float = rel_res
         self.probe_backward_error: float = bwd
-        if refine == "auto":
+        if self.n_clipped:  # the clipped operator is not A⊗B ± C⊗D: residuals against it are meaningless
+            self.needs_refinement = False
+        elif refine == "auto":
             self.needs_refinement = miss > 1.0
         else:
             self.needs_refinement = bool(refine)
         self.last_residual: float | None = None
         self.last_backward_error: float | None = None
         self.last_refine_steps: int = 0
-        if refine is False or (not isinstance(refine, str) and refine == 0):
+        if not self.n_clipped and (refine is False or (not isinstance(refine, str) and refine == 0)):
             if bwd > WARN_TOL_EPS * self._eps:
                 warnings.warn(
                     f"KronSumSolver with refine=False: the probe solve has backward error {bwd:.2e} "

@@ -11,18 +11,23 @@ Approximations are :class:`kronalg.KronSum` objects with factors in the order
 * :func:`fisher_sample_sums` — the exact block as an implicit :class:`kronalg.SampleKronSum`.
 * :func:`exact_fisher_blocks` — dense exact blocks from ``torch.func`` per-sample gradients.
 * :func:`register_adapter` — add a layer type.
+* :class:`KroneckerPreconditioner` — natural-gradient preconditioning of ``.grad`` for any torch optimizer,
+  with every approximation above plus the low-rank inverse family (RS-KFAC, B-KFAC, B-R-KFAC, B-KFAC-C).
 """
 
 from .capture import FisherBlocks, UnsupportedLayerWarning, sample_targets
 from .exact import exact_fisher_blocks
 from .fisher import METHODS, OPTIONS, fisher_blocks, fisher_sample_sums
 from .layers import LayerAdapter
+from .preconditioner import APPROXIMATIONS, KroneckerPreconditioner
 from .registry import get_adapter, register_adapter
 
 __all__ = [
+    "APPROXIMATIONS",
     "METHODS",
     "OPTIONS",
     "FisherBlocks",
+    "KroneckerPreconditioner",
     "LayerAdapter",
     "UnsupportedLayerWarning",
     "exact_fisher_blocks",
