@@ -231,6 +231,51 @@ def test_float32_moderate_conditioning(rng):
     assert rel_residual(M, U.astype(np.float64), V) <= 10 * res_dense
 
 
+# ----------------------------------------------------------------------------- psd_floor (indefinite systems)
+def clipped_dense(A, B, C, D, sign, floor):
+    """Dense ``P⁻ᵀ diag(max(d, floor·(1 + |s1 s2|))) P⁻¹`` from scipy's generalized eigendecompositions."""
+    import scipy.linalg
+
+    s1, K1 = scipy.linalg.eigh(C, A)  # K1ᵀ A K1 = I, K1ᵀ C K1 = diag(s1)
+    s2, K2 = scipy.linalg.eigh(D, B)
+    prod = np.outer(s1, s2)
+    d = 1 + sign * prod
+    d = np.maximum(d, floor * (1 + np.abs(prod)))
+    Kinv = np.linalg.inv(np.kron(K1, K2))
+    return Kinv.T @ np.diag(d.reshape(-1)) @ Kinv, int(np.sum(1 + sign * prod < floor * (1 + np.abs(prod))))
+
+
+@pytest.mark.parametrize("sign", [+1, -1])
+def test_psd_floor_projects_indefinite_system(backend, rng, sign):
+    A, B = spd(rng, 5), spd(rng, 4)
+    C, D = sym_bounded(rng, A, 2.0), sym_bounded(rng, B, 2.0)  # |s1 s2| up to 4: indefinite for either sign
+    V = rng.standard_normal((5, 4))
+    M, n_clipped = clipped_dense(A, B, C, D, sign, 0.05)
+    assert n_clipped > 0
+    with pytest.raises(ValueError, match="must be positive definite"):
+        KronSumSolver(*to_backend(backend, "float64", A, B, C, D), sign=sign)
+    solver = KronSumSolver(*to_backend(backend, "float64", A, B, C, D), sign=sign, psd_floor=0.05)
+    assert solver.n_clipped == n_clipped
+    assert not solver.needs_refinement
+    U = to_numpy(solver.solve(backend.asarray(V, "float64")))
+    np.testing.assert_allclose(U.reshape(-1), np.linalg.solve(M, V.reshape(-1)), rtol=1e-9, atol=1e-10)
+    assert np.all(np.linalg.eigvalsh((M + M.T) / 2) > 0)
+
+
+def test_psd_floor_leaves_definite_systems_alone(rng):
+    A, B, C, D = problem(rng, 5, 4, +1)
+    V = rng.standard_normal((5, 4))
+    solver = KronSumSolver(A, B, C, D, psd_floor=0.05)
+    assert solver.n_clipped == 0
+    np.testing.assert_allclose(solver.solve(V), KronSumSolver(A, B, C, D).solve(V), rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("floor", [0.0, 1.0, -0.1, True, "x"])
+def test_psd_floor_validated(good, floor):
+    with pytest.raises(ValueError, match="`psd_floor` must be None or a number in"):
+        KronSumSolver(*good, psd_floor=floor)
+
+
 # ----------------------------------------------------------------------------- validation
 @pytest.fixture
 def good(rng):
