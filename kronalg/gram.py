@@ -189,6 +189,14 @@ def _orthonormalize(xp: Any, K: Any, X: Any, KX: Any | None = None, *, scale: fl
     return X, KX
 
 
+def _gram_scale(xp: Any, K: Any) -> float:
+    """A power of two near the largest diagonal entry of a Gram matrix (1 for a zero matrix): exact to divide by."""
+    top = float(xp.max(xp.abs(xp.linalg.diagonal(K)))) if K.shape[0] else 0.0
+    if not (top > 0 and math.isfinite(top)):
+        return 1.0
+    return 2.0 ** round(math.log2(top))
+
+
 def gram_svd(
     problem: GramProblem, k: int, *, tol: float | None = None, maxiter: int = 300, seed: int = 0
 ) -> tuple[Any, Any, Any, ConvergenceInfo]:
@@ -225,6 +233,11 @@ def gram_svd(
     """
     xp, KP, KQ, w = problem.xp, problem.KP, problem.KQ, problem.w
     N, dtype = problem.size, KP.dtype
+    # Work with K_P/s_P and K_Q/s_Q (P, Q scaled to unit-size columns): the iteration forms products of squared
+    # K-norms, which underflow in float32 for blocks of tiny gradients (s ~ 1e-16) unless the scale is divided out.
+    # The core is scale-free; coefficients and singular values are mapped back at the end.
+    s_p, s_q = _gram_scale(xp, KP), _gram_scale(xp, KQ)
+    KP, KQ = KP / s_p, KQ / s_q
     tol = default_tol(xp, dtype) if tol is None else tol
     b = min(N, k + 6)
     X0 = random_normal(xp, (N, b), dtype=dtype, device=problem.device, seed=seed)
@@ -293,7 +306,7 @@ def gram_svd(
         zeros = xp.zeros((N, k), dtype=dtype, device=problem.device)
         return zeros, xp.zeros((k,), dtype=dtype, device=problem.device), zeros, info
     kk = min(k, S.shape[0])
-    Xk, Yk, Sk = Qb @ Ub[:, :kk], Y @ Vb[:, :kk], S[:kk]
+    Xk, Yk, Sk = Qb @ (Ub[:, :kk] / math.sqrt(s_p)), Y @ (Vb[:, :kk] / math.sqrt(s_q)), S[:kk] * math.sqrt(s_p * s_q)
     if Sk.shape[0] < k:  # R has rank < k: pad with zero triplets
         pad = k - Sk.shape[0]
         Xk = xp.concat([Xk, xp.zeros((N, pad), dtype=dtype, device=problem.device)], axis=1)

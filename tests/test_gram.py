@@ -157,3 +157,22 @@ def test_gram_compacts_convolutions_with_many_locations(rng):
     K = nearest_kronecker(F, rank=2, method="gram")
     ref = nearest_kronecker(F, rank=2, method="svd")
     np.testing.assert_allclose(K.to_dense(), ref.to_dense(), atol=1e-9 * np.abs(ref.to_dense()).max())
+
+
+@pytest.mark.parametrize("scale", [2.0**-24, 2.0**24])
+def test_gram_is_scale_invariant_in_float32(rng, scale):
+    """Tiny (or huge) per-sample gradients: the Gram iteration divides the scale out instead of underflowing.
+
+    Scaling by a power of two is exact, so the float32 answer must be the unscaled one times ``scale²``.
+    """
+    import warnings
+
+    G = rng.standard_normal((96, 24)).astype(np.float32)
+    A = rng.standard_normal((96, 13)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        unit = nearest_kronecker(SampleKronSum.from_factors(G, A, weights=1 / 96), rank=2, method="gram")
+        K = nearest_kronecker(SampleKronSum.from_factors(scale * G, A, weights=1 / 96), rank=2, method="gram")
+    assert K.info.converged
+    dense, dense_ref = K.to_dense().astype(np.float64), scale**2 * unit.to_dense().astype(np.float64)
+    assert np.linalg.norm(dense - dense_ref) <= 1e-5 * np.linalg.norm(dense_ref)
