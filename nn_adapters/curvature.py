@@ -604,4 +604,3 @@ def make_curvature(approx: str, p: int, r: int, cfg: dict, *, is_conv: bool, see
     if approx in LOWRANK:
         return BrandFamily(approx, p, r, cfg, seed=seed)
     raise ValueError(f"`approx` must be one of {APPROXIMATIONS}, got {approx!r}")
-

@@ -23,11 +23,14 @@ preconditioned gradients by ``ν = min(1, sqrt(c / (η² Σ_l |⟨F̂_l⁻¹ ∇
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from kronalg import ConvergenceWarning
 
 from .capture import LayerCapture, check_on_unsupported, find_layers, report_unsupported
 from .curvature import APPROXIMATIONS, LOWRANK, Curvature, KronSingle, make_curvature
@@ -198,7 +201,7 @@ class KroneckerPreconditioner:
             raise ValueError(f"`loss_reduction` must be one of {LOSS_REDUCTIONS}, got {loss_reduction!r}")
         if fisher not in FISHER_TYPES:
             raise ValueError(f"`fisher` must be one of {FISHER_TYPES}, got {fisher!r}")
-        if factor_dtype is not None and (not isinstance(factor_dtype, torch.dtype) or not factor_dtype.is_floating_point):
+        if factor_dtype is not None and not (isinstance(factor_dtype, torch.dtype) and factor_dtype.is_floating_point):
             raise TypeError(f"`factor_dtype` must be None or a floating torch.dtype, got {factor_dtype!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"`seed` must be an int, got {type(seed).__name__}")
@@ -302,7 +305,14 @@ class KroneckerPreconditioner:
         for name, cap in captures.items():
             curv = self.layers[name]
             decay = min(1.0 - 1.0 / (curv.n_updates + 1), self.factor_decay)
-            curv.update(LayerCapture(self._cast(cap.G), self._cast(cap.A)), decay)
+            with warnings.catch_warnings(record=True) as caught:  # a warm-started solve that stops short is
+                warnings.simplefilter("always", ConvergenceWarning)  # still a usable estimate: count, don't warn
+                curv.update(LayerCapture(self._cast(cap.G), self._cast(cap.A)), decay)
+            for w in caught:
+                if issubclass(w.category, ConvergenceWarning):
+                    curv.diagnostics["not_converged"] = curv.diagnostics.get("not_converged", 0.0) + 1.0
+                else:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         refresh = self.steps % self.inverse_every == 0
         context = self._tkfac_context()
         for curv in self.layers.values():
@@ -383,7 +393,8 @@ class KroneckerPreconditioner:
         lines = [
             f"KroneckerPreconditioner(approx={self.approx!r}, damping={self.damping:g}, "
             f"factor_decay={self.factor_decay:g}, factor_every={self.factor_every}, "
-            f"inverse_every={self.inverse_every}, kl_clip={self.kl_clip!r}, fisher={self.fisher!r}, steps={self.steps})",
+            f"inverse_every={self.inverse_every}, kl_clip={self.kl_clip!r}, fisher={self.fisher!r}, "
+            f"steps={self.steps})",
             f"  layers: {', '.join(f'{n!r} ({c.p}×{c.r})' for n, c in self.layers.items()) or 'none'}",
         ]
         if self.unsupported:
