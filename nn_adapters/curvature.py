@@ -129,6 +129,11 @@ def _pairs_from_triplets(triplets: SVDResult, p: int, r: int) -> list[tuple[Tens
     return pairs
 
 
+def _krylov_dim(op: Any, k: int) -> int:
+    """A short Krylov cycle: warm starts from the previous step usually converge in one or two of them."""
+    return min(2 * k + 6, min(op.shape))
+
+
 def _eigh_psd(M: Tensor) -> tuple[Tensor, Tensor]:
     """Eigenpairs of the symmetric part of ``M`` with eigenvalues clipped at zero."""
     w, Q = torch.linalg.eigh(0.5 * (M + M.T))
@@ -225,7 +230,9 @@ class KronSingle(Curvature):
         previous = self._previous_pair()
         op = _ema_rearranged(cap, decay, previous)
         x0 = _pairs_as_triplets(previous, [1.0]) if previous else None
-        triplets = lanczos_svd(op, 1, x0=x0, tol=self.cfg["tol"], maxiter=self.cfg["maxiter"], seed=0)
+        triplets = lanczos_svd(
+            op, 1, krylov_dim=_krylov_dim(op, 1), x0=x0, tol=self.cfg["tol"], maxiter=self.cfg["maxiter"], seed=0
+        )
         self.diagnostics["iterations"] = float(triplets.info.iterations)
         (G, A), *_ = _pairs_from_triplets(triplets, self.p, self.r)
         return {"G": G, "A": A}
@@ -344,7 +351,7 @@ class KronRank2(Curvature):
             self.diagnostics["iterations"] = float(triplets.info.iterations)
         elif self.approx == "lanczos":
             op = _ema_rearranged(cap, decay, previous)
-            triplets = lanczos_svd(op, 2, x0=x0, tol=tol, maxiter=maxiter, seed=0)
+            triplets = lanczos_svd(op, 2, krylov_dim=_krylov_dim(op, 2), x0=x0, tol=tol, maxiter=maxiter, seed=0)
             self.pairs = _pairs_from_triplets(triplets, self.p, self.r)
             self.diagnostics["iterations"] = float(triplets.info.iterations)
         else:  # deflation: two power SVDs, the second on the deflated operator
@@ -466,10 +473,17 @@ class BrandFamily(Curvature):
         return {"G": G.T / math.sqrt(n), "A": A.T / math.sqrt(n)}
 
     def _randomized(self, side: str) -> None:
+        """Top-``k`` EVD of the running factor: randomized (Halko et al.), or exact when the sketch would span it."""
         M = self.dense[side]
-        k = self._rank(M.shape[0])
-        res = randomized_eigh(M, k, oversample=self.cfg["oversample"], seed=self.seed + 7919 * self.step)
-        self.low["U_" + side], self.low["w_" + side] = res.eigenvectors, torch.clamp(res.eigenvalues, min=0.0)
+        d = M.shape[0]
+        k = self._rank(d)
+        if k + self.cfg["oversample"] >= d:  # the sketch is the whole space: the randomized EVD is an exact one
+            w, U = torch.linalg.eigh(0.5 * (M + M.T))
+            w, U = torch.flip(w, dims=(0,))[:k], torch.flip(U, dims=(1,))[:, :k]
+        else:
+            res = randomized_eigh(M, k, oversample=self.cfg["oversample"], seed=self.seed + 7919 * self.step)
+            w, U = res.eigenvalues, res.eigenvectors
+        self.low["U_" + side], self.low["w_" + side] = U, torch.clamp(w, min=0.0)
 
     def _brand_side(self, side: str, M: Tensor) -> bool:
         """Whether this side is Brand-updated: ``n_M < d`` (Puiu §3.5), fixed at the first update."""
