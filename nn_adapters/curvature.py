@@ -129,6 +129,12 @@ def _pairs_from_triplets(triplets: SVDResult, p: int, r: int) -> list[tuple[Tens
     return pairs
 
 
+def _psd_part(M: Tensor) -> Tensor:
+    """Nearest symmetric PSD matrix (Frobenius): the eigenvalues of the symmetric part clipped at zero."""
+    w, Q = _eigh_psd(M)
+    return (Q * w[None, :]) @ Q.T
+
+
 def _krylov_dim(op: Any, k: int) -> int:
     """A short Krylov cycle: warm starts from the previous step usually converge in one or two of them."""
     return min(2 * k + 6, min(op.shape))
@@ -389,8 +395,10 @@ class KronRank2(Curvature):
     def _build_inverse(self) -> None:
         inp = self.inverse_inputs
         G, A = inp["G"], inp["A"]
-        Gd = 0.5 * (G + G.T) + inp["shift_g"] * torch.eye(self.p, dtype=G.dtype, device=G.device)
-        Ad = 0.5 * (A + A.T) + inp["shift_a"] * torch.eye(self.r, dtype=A.dtype, device=A.device)
+        # The leading pair of an indefinite running target (G₂⊗A₂ can be indefinite) may have slightly indefinite
+        # factors: project them onto the PSD cone before the damping shift, as for a single Kronecker product.
+        Gd = _psd_part(G) + inp["shift_g"] * torch.eye(self.p, dtype=G.dtype, device=G.device)
+        Ad = _psd_part(A) + inp["shift_a"] * torch.eye(self.r, dtype=A.dtype, device=A.device)
         C, D = (inp["C"], inp["D"]) if inp["use_second"] else (0.0, 0.0)
         self._solver = KronSumSolver(Gd, Ad, C, D, sign=+1, psd_floor=self.cfg["psd_floor"], refine=False)
         self.diagnostics["clipped"] = float(self._solver.n_clipped)
