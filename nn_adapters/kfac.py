@@ -693,7 +693,7 @@ class KFAC(torch.optim.Optimizer):
                 layer.from_matrix(mats[name] / gamma**2, out)
         for name in self._loose:
             out[name] = vectors[name] / gamma**2
-        return out
+        return {name: out[name] for name in vectors}  # the input's key order (torch.func needs equal structures)
 
     def precondition(self, vectors: dict[str, Tensor]) -> dict[str, Tensor]:
         """Apply the current damped approximate inverse: ``F̂⁻¹ v`` (``v/γ²`` for parameters without a block).

@@ -248,6 +248,22 @@ def test_conv_layers_use_block_diagonal_and_linear_chain_is_tridiagonal():
     np.testing.assert_allclose(step.detach().numpy(), expected, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("structure", ["block_diagonal", "block_tridiagonal"])
+def test_conv_then_chain_with_rescaling_and_momentum(structure):
+    """The full update (JVPs of preconditioned directions) on a conv model whose tridiagonal chain is not first."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(32, 6), nn.Tanh(), nn.Linear(6, 3)
+    ).to(DTYPE)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 1, 4, 4, generator=g, dtype=DTYPE), torch.randint(0, 3, (16,), generator=g)
+    opt = KFAC(model, structure=structure, damping=0.3)
+    closure = _closure(opt, model, x, y)
+    losses = [float(opt.step(closure).detach()) for _ in range(6)]
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0]
+
+
 def test_two_forward_passes_in_one_closure_equal_one_full_batch():
     """Gradient accumulation: the statistics and JVPs cover every forward pass of the closure."""
     x, y = _data(n=32)
