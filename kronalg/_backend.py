@@ -188,8 +188,22 @@ def cholesky(xp: Any, A: Any, *, name: str) -> Any:
 
 
 def eigh(xp: Any, A: Any) -> tuple[Any, Any]:
-    """Symmetric eigendecomposition ``A = Q diag(w) Qᵀ``, eigenvalues ascending."""
-    w, Q = xp.linalg.eigh(A)
+    """Symmetric eigendecomposition ``A = Q diag(w) Qᵀ``, eigenvalues ascending.
+
+    torch's float32 CPU ``syevd`` fails on some matrices with many repeated eigenvalues (exact zero rows, e.g. the
+    input factor of always-zero pixels): it raises, or returns NaN without raising.  A finite input whose float32
+    decomposition fails is decomposed in float64 and cast back.
+    """
+    try:
+        w, Q = xp.linalg.eigh(A)
+        failed = _library(xp) == "torch" and A.dtype != xp.float64 and not (all_finite(xp, w) and all_finite(xp, Q))
+    except Exception:
+        if _library(xp) != "torch" or A.dtype == xp.float64:
+            raise
+        failed = True
+    if failed and all_finite(xp, A):
+        w, Q = xp.linalg.eigh(xp.astype(A, xp.float64))
+        w, Q = xp.astype(w, A.dtype), xp.astype(Q, A.dtype)
     return w, Q
 
 

@@ -53,7 +53,7 @@ from kronalg.randomized import randomized_eigh
 from kronalg.results import SVDResult
 
 from .capture import LayerCapture
-from .damping import trace_norm_pi
+from .damping import symmetric_eigh, trace_norm_pi
 from .fisher import _clean_pair, tkfac
 from .layers.linear import kfac_factor_sums
 
@@ -142,7 +142,7 @@ def _krylov_dim(op: Any, k: int) -> int:
 
 def _eigh_psd(M: Tensor) -> tuple[Tensor, Tensor]:
     """Eigenpairs of the symmetric part of ``M`` with eigenvalues clipped at zero."""
-    w, Q = torch.linalg.eigh(0.5 * (M + M.T))
+    w, Q = symmetric_eigh(M)
     return torch.clamp(w, min=0.0), Q
 
 
@@ -486,7 +486,7 @@ class BrandFamily(Curvature):
         d = M.shape[0]
         k = self._rank(d)
         if k + self.cfg["oversample"] >= d:  # the sketch is the whole space: the randomized EVD is an exact one
-            w, U = torch.linalg.eigh(0.5 * (M + M.T))
+            w, U = symmetric_eigh(M)
             w, U = torch.flip(w, dims=(0,))[:k], torch.flip(U, dims=(1,))[:, :k]
         else:
             res = randomized_eigh(M, k, oversample=self.cfg["oversample"], seed=self.seed + 7919 * self.step)

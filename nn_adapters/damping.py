@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["damped_factors", "trace_norm_pi"]
+__all__ = ["damped_factors", "symmetric_eigh", "trace_norm_pi"]
 
 
 def trace_norm_pi(G: Tensor, A: Tensor) -> float:
@@ -66,3 +66,33 @@ def damped_factors(G: Tensor, A: Tensor, damping: float, pi: float | None = None
     eye_g = torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
     eye_a = torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
     return G + (root / pi) * eye_g, A + (root * pi) * eye_a
+
+
+def symmetric_eigh(M: Tensor) -> tuple[Tensor, Tensor]:
+    """``torch.linalg.eigh`` of the symmetric part of ``M``, retried in float64 when LAPACK fails to converge.
+
+    Float32 ``syevd`` in torch's CPU LAPACK fails on some K-factors with many repeated eigenvalues (e.g. the zero
+    eigenvalues of inputs that are always 0, such as border pixels of digits): it raises, or returns NaN without
+    raising.  The float64 solve of the same matrix succeeds and is cast back.
+
+    Parameters
+    ----------
+    M : Tensor of shape (d, d)
+
+    Returns
+    -------
+    eigenvalues : Tensor of shape (d,)
+        Ascending.
+    eigenvectors : Tensor of shape (d, d)
+    """
+    S = 0.5 * (M + M.T)
+    try:
+        w, Q = torch.linalg.eigh(S)
+        if bool(torch.isfinite(w).all()) and bool(torch.isfinite(Q).all()):
+            return w, Q
+    except torch.linalg.LinAlgError:
+        pass
+    if S.dtype == torch.float64 or not bool(torch.isfinite(S).all()):
+        raise ValueError(f"the symmetric eigendecomposition of a {tuple(S.shape)} factor failed (non-finite input?)")
+    w, Q = torch.linalg.eigh(S.to(torch.float64))
+    return w.to(S.dtype), Q.to(S.dtype)

@@ -50,7 +50,7 @@ from kronalg import KronSumSolver
 from kronalg.solve import KronSumSolverWarning
 
 from .capture import LOSSES, find_layers, make_rng
-from .damping import trace_norm_pi
+from .damping import symmetric_eigh, trace_norm_pi
 from .layers import LayerAdapter
 from .layers.linear import LinearAdapter, kfac_factor_sums
 from .statistics import LOSS_REDUCTIONS, TrainingStatistics
@@ -596,8 +596,8 @@ class KFAC(torch.optim.Optimizer):
             self._eig = {}
             for name, f in self._snapshot["factors"].items():
                 G, A = f["G"], f["A"]
-                eG, QG = torch.linalg.eigh(G)
-                eA, QA = torch.linalg.eigh(A)
+                eG, QG = symmetric_eigh(G)
+                eA, QA = symmetric_eigh(A)
                 self._eig[name] = (QG, eG.clamp_min(0), QA, eA.clamp_min(0), trace_norm_pi(G, A))
         return self._eig
 

@@ -1092,3 +1092,25 @@ def test_rank2_leading_pair_stays_definite(approx: str) -> None:
         pre.step()
         opt.step()
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_symmetric_eigh_retries_in_float64(monkeypatch) -> None:
+    from nn_adapters.damping import symmetric_eigh
+
+    real_eigh = torch.linalg.eigh
+    calls = []
+
+    def failing(A, *args, **kwargs):
+        calls.append(A.dtype)
+        if A.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+        return real_eigh(A, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "eigh", failing)
+    M = torch.diag(torch.tensor([0.0, 0.0, 0.0, 2.0, 1.0]))
+    w, Q = symmetric_eigh(M)
+    assert calls == [torch.float32, torch.float64]
+    assert w.dtype == Q.dtype == torch.float32
+    torch.testing.assert_close(w, torch.tensor([0.0, 0.0, 0.0, 1.0, 2.0]))
+    with pytest.raises(ValueError, match="symmetric eigendecomposition"):
+        symmetric_eigh(torch.full((3, 3), float("nan")))

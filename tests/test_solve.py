@@ -400,3 +400,21 @@ def test_property_residual_small(p, r, sign, bound, seed):
     U = KronSumSolver(A, B, C, D, sign=sign).solve(V)
     _, M = dense_solve(A, B, C, D, V, sign)
     assert rel_residual(M, U, V) < 1e-12
+
+
+def test_torch_float32_eigh_failure_falls_back_to_float64(monkeypatch, rng):
+    """torch's float32 CPU syevd can return NaN (or raise) on matrices with many repeated eigenvalues."""
+    torch = pytest.importorskip("torch")
+    real_eigh = torch.linalg.eigh
+
+    def flaky_eigh(A, *args, **kwargs):
+        w, Q = real_eigh(A, *args, **kwargs)
+        return (w * float("nan"), Q) if A.dtype == torch.float32 else (w, Q)
+
+    monkeypatch.setattr(torch.linalg, "eigh", flaky_eigh)
+    A, B, C, D = problem(rng, 5, 4, +1)
+    V = rng.standard_normal((5, 4))
+    args = [torch.as_tensor(X, dtype=torch.float32) for X in (A, B, C, D)]
+    U = KronSumSolver(*args).solve(torch.as_tensor(V, dtype=torch.float32))
+    U_ref, _ = dense_solve(A, B, C, D, V, +1)
+    np.testing.assert_allclose(U.numpy(), U_ref, rtol=1e-3, atol=1e-4)
