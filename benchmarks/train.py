@@ -58,6 +58,8 @@ from typing import Any
 
 import numpy as np
 
+from nn_adapters.curvature import APPROXIMATIONS
+
 __all__ = [
     "GRIDS",
     "METHODS",
@@ -82,19 +84,7 @@ REFERENCE_LR = 1e-3
 MOMENTUM = 0.9
 
 #: The approximations of ``KroneckerPreconditioner`` benchmarked, in table order.
-PRECONDITIONER_APPROXIMATIONS: tuple[str, ...] = (
-    "kfac",
-    "tkfac",
-    "kpsvd",
-    "kfoc",
-    "deflation",
-    "lanczos",
-    "kfac_corrected",
-    "rs_kfac",
-    "b_kfac",
-    "b_r_kfac",
-    "b_kfac_c",
-)
+PRECONDITIONER_APPROXIMATIONS: tuple[str, ...] = APPROXIMATIONS
 
 #: Options of ``KroneckerPreconditioner`` common to every approximation (lr and damping come from the grid).
 PRECONDITIONER_OPTIONS: dict[str, Any] = {
