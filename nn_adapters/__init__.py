@@ -13,11 +13,14 @@ Approximations are :class:`kronalg.KronSum` objects with factors in the order
 * :func:`register_adapter` — add a layer type.
 * :class:`KroneckerPreconditioner` — natural-gradient preconditioning of ``.grad`` for any torch optimizer,
   with every approximation above plus the low-rank inverse family (RS-KFAC, B-KFAC, B-R-KFAC, B-KFAC-C).
+* :class:`DistributedKroneckerPreconditioner` — the same under ``DistributedDataParallel``: per-sample factors
+  gathered to each layer's owner rank, which does that layer's curvature work and broadcasts the result (KAISA-style).
 * :class:`KFAC` — Martens & Grosse's complete K-FAC optimizer (block-diagonal or block-tridiagonal inverse,
   exact-Fisher re-scaling, momentum from the quadratic model, adaptive λ and γ; ``step(closure)``).
 """
 
 from .capture import FisherBlocks, UnsupportedLayerWarning, sample_targets
+from .distributed import DistributedKroneckerPreconditioner
 from .exact import exact_fisher_blocks
 from .fisher import METHODS, OPTIONS, fisher_blocks, fisher_sample_sums
 from .kfac import KFAC
@@ -28,6 +31,7 @@ from .registry import get_adapter, register_adapter
 __all__ = [
     "APPROXIMATIONS",
     "METHODS",
+    "DistributedKroneckerPreconditioner",
     "OPTIONS",
     "FisherBlocks",
     "KFAC",

@@ -296,12 +296,29 @@ class KroneckerPreconditioner:
             return None
         return G, A, c
 
+    # ------------------------------------------------------------------ distribution hooks (identity here)
+    def _local_layers(self) -> list[str]:
+        """Names of the layers whose curvature this process updates, refreshes and applies (all of them here)."""
+        return list(self.layers)
+
+    def _share_captures(self, captures: dict[str, LayerCapture]) -> dict[str, LayerCapture]:
+        """The captures of the layers in :meth:`_local_layers` for the whole batch (the local ones here)."""
+        return captures
+
+    def _share_results(self, results: dict[str, Tensor | None]) -> dict[str, Tensor]:
+        """Preconditioned gradients of every layer from those computed here (``None``: none this step)."""
+        return {name: P for name, P in results.items() if P is not None}
+
+    def _reduce_tkfac_context(self, context: dict[str, float]) -> dict[str, float]:
+        """Combine the TKFAC context over processes (nothing to combine here)."""
+        return context
+
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
     def step(self) -> None:
         """Update statistics and inverses when due, and precondition every supported layer's ``.grad``."""
         self._check_damping(self.damping)
-        captures = self._stats.pop() if self._stats.armed else {}
+        captures = self._share_captures(self._stats.pop() if self._stats.armed else {})
         for name, cap in captures.items():
             curv = self.layers[name]
             decay = min(1.0 - 1.0 / (curv.n_updates + 1), self.factor_decay)
@@ -314,30 +331,40 @@ class KroneckerPreconditioner:
                 else:
                     warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         refresh = self.steps % self.inverse_every == 0
-        context = self._tkfac_context()
-        for curv in self.layers.values():
+        context = self._reduce_tkfac_context(self._tkfac_context())
+        local = self._local_layers()
+        for name in local:
+            curv = self.layers[name]
             if curv.n_updates and (refresh or not curv.ready):
                 curv.refresh(self.damping, context)
 
-        updates: list[tuple[nn.Module, Any, Tensor, Tensor]] = []
-        for name, curv in self.layers.items():
+        grads: dict[str, Tensor] = {}
+        for name in self.layers:
             module, adapter = self._modules[name]
             bias = getattr(module, "bias", None)
-            if not curv.ready or module.weight.grad is None or (bias is not None and bias.grad is None):
+            if module.weight.grad is None or (bias is not None and bias.grad is None):
                 continue
-            J = adapter.to_matrix(module, module.weight.grad, None if bias is None else bias.grad)
+            grads[name] = adapter.to_matrix(module, module.weight.grad, None if bias is None else bias.grad)
+        results: dict[str, Tensor | None] = {}
+        for name in local:
+            curv, J = self.layers[name], grads.get(name)
+            if not curv.ready or J is None:
+                results[name] = None
+                continue
             Jf = self._cast(J)
             thin = self._thin_factors(curv, captures.get(name), Jf)
             self.factored_steps += thin is not None
-            P = curv.precondition(Jf, thin)
-            updates.append((module, adapter, J, P.to(J.dtype)))
+            results[name] = curv.precondition(Jf, thin).to(J.dtype)
+        shared = self._share_results(results)
+        updates = [(name, grads[name], shared[name]) for name in self.layers if name in shared and name in grads]
 
         scale = 1.0
         if self.kl_clip is not None and updates:
-            vg = sum(float(torch.sum(P * J).abs()) for _, _, J, P in updates) * self._current_lr() ** 2
+            vg = sum(float(torch.sum(P * J).abs()) for _, J, P in updates) * self._current_lr() ** 2
             scale = min(1.0, math.sqrt(self.kl_clip / vg)) if vg > 0 else 1.0
         self.last_kl_scale = scale
-        for module, adapter, _, P in updates:
+        for name, _, P in updates:
+            module, adapter = self._modules[name]
             weight, bias = adapter.from_matrix(module, P * scale if scale != 1.0 else P)
             module.weight.grad.copy_(weight.reshape(module.weight.shape))
             if bias is not None:
