@@ -200,7 +200,7 @@ def power_svd(
     -----
     The error in ``σ`` is about ``r²/(σ_1 − σ_2)``, far below ``r``.
     Convergence is linear with ratio ``(σ_2/σ_1)²``; for clustered leading
-    singular values use :func:`kronalg.lanczos.lanczos_svd`.  A start close to
+    singular values use :func:`kronalg.lanczos_svd`.  A start close to
     the answer (a warm start) converges in a few iterations.
 
     References

@@ -75,7 +75,7 @@ class LayerAdapter(ABC):
         ----------
         module : torch.nn.Module
             The layer (for its geometry).
-        weight : Tensor of shape (..., *module.weight.shape)
+        weight : Tensor of shape ``(..., *module.weight.shape)``
         bias : Tensor of shape (..., p) or None
 
         Returns
