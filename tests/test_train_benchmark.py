@@ -71,9 +71,11 @@ def test_add_targets_uses_adam_final_loss():
 
 
 def test_grid_settings_is_the_cartesian_product():
+    grid = train.GRIDS["precond"]
     hps = train.grid_settings("precond", train.GRIDS)
-    assert len(hps) == len(train.GRIDS["precond"]["lr"]) * len(train.GRIDS["precond"]["damping"])
-    assert all(set(hp) == {"lr", "damping"} for hp in hps)
+    assert len(hps) == math.prod(len(values) for values in grid.values())
+    assert all(set(hp) == set(grid) for hp in hps)
+    assert len({tuple(sorted(hp.items())) for hp in hps}) == len(hps)
 
 
 # ---------------------------------------------------------------------------------------------- problems
