@@ -5,7 +5,8 @@ seed with empirical cross-entropy targets, and an accuracy check in ``setup`` so
 is never timed: on a tiny float64 model of the same kind, ``kfac``'s input factor must equal
 ``(1/T) E[Σ_t ā āᵀ]`` of inputs recorded by plain hooks, its Linear output factor the bias
 sub-block ``E[g gᵀ]`` of the dense exact block from ``exact_fisher_blocks`` (torch.func), and the
-best-Kronecker methods must be no farther from the exact block than ``kfac``.
+best-Kronecker methods must be no farther from the exact block than ``kfac``.  ``backend``: ``torch`` (CPU) or
+``torch-cuda`` (skipped without a GPU; the timed call synchronizes); the check runs in float64 on the CPU.
 """
 
 from typing import ClassVar
@@ -13,6 +14,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from benchmarks.bench_common import to_backend
 from nn_adapters import METHODS, exact_fisher_blocks, fisher_blocks
 
 SEED = 1234
@@ -111,13 +113,18 @@ def _check(kind: str, method: str) -> None:
 class FisherBlocks:
     """``fisher_blocks`` end to end (forward and backward included), float32, batch 32."""
 
-    params: ClassVar[list] = [list(METHODS), ["mlp", "cnn"]]
-    param_names: ClassVar[list] = ["method", "model"]
+    params: ClassVar[list] = [list(METHODS), ["mlp", "cnn"], ["torch", "torch-cuda"]]
+    param_names: ClassVar[list] = ["method", "model", "backend"]
     timeout = 300
 
-    def setup(self, method, model):
+    def setup(self, method, model, backend="torch"):
+        _, self.sync = to_backend([], backend)  # NotImplementedError without a GPU
+        device = "cuda" if backend == "torch-cuda" else "cpu"
         _check(model, method)
-        self.model, self.x, self.y = _problem(model, tiny=False, batch=32, dtype=torch.float32)
+        net, x, y = _problem(model, tiny=False, batch=32, dtype=torch.float32)
+        self.model, self.x, self.y = net.to(device), x.to(device), y.to(device)
 
-    def time_fisher_blocks(self, method, model):
+    def time_fisher_blocks(self, method, model, backend="torch"):
         fisher_blocks(self.model, self.x, method=method, targets=self.y)
+        if self.sync is not None:
+            self.sync()

@@ -7,8 +7,8 @@ accuracy check in ``setup`` against rows of the dense Kronecker product, so a
 wrong answer is never timed. ``setup`` raises ``NotImplementedError`` for
 infeasible combinations, which asv reports as skipped.
 
-The ``backend`` axis runs the same arrays through NumPy, torch on the CPU and
-torch on CUDA (skipped when no GPU is present). CUDA timings synchronize
+The ``backend`` axis runs the same arrays through NumPy, torch on the CPU, torch on
+CUDA and CuPy (skipped when absent: no GPU, CuPy not installed). GPU timings synchronize
 inside the timed function, as scipy's ``XPBenchmark`` does.
 """
 
@@ -16,44 +16,20 @@ from typing import ClassVar
 
 import numpy as np
 
+from benchmarks.bench_common import (
+    BACKENDS,
+    SEED,
+    Synced,
+    array_module,
+    skip_peakmem_on_gpu,
+    to_backend,
+    to_numpy,
+)
 from kronalg import KronSum, kron_matvec
 
-try:
-    import torch
-except ImportError:  # pragma: no cover - torch is optional
-    torch = None
-
-try:
-    from asv_runner.benchmarks.mark import SkipNotImplemented
-except ImportError:  # pragma: no cover - only when run outside asv
-    SkipNotImplemented = NotImplementedError
-
-SEED = 1234
 SIZES = [64, 256, 1024]
-BACKENDS = ["numpy", "torch", "torch-cuda"]
 DENSE_MAX = 64  # np.kron of two 64x64 factors is 4096x4096 (128 MiB)
 N_CHECK_ROWS = 8  # rows of kron(A, B) used as the dense reference
-
-
-def _to_backend(arrays, backend):
-    """Convert NumPy arrays to ``backend``; raise NotImplementedError if absent."""
-    if backend == "numpy":
-        return arrays, None
-    if torch is None:
-        raise NotImplementedError("torch is not installed")
-    if backend == "torch":
-        return [torch.from_numpy(a) for a in arrays], None
-    if backend == "torch-cuda":
-        if not torch.cuda.is_available():
-            raise NotImplementedError("CUDA is not available")
-        return [torch.from_numpy(a).cuda() for a in arrays], torch.cuda.synchronize
-    raise ValueError(f"unknown backend {backend!r}")
-
-
-def _to_numpy(x):
-    if torch is not None and isinstance(x, torch.Tensor):
-        return x.cpu().numpy()
-    return np.asarray(x)
 
 
 def _check_against_kron_rows(terms, X, Y, rng):
@@ -78,7 +54,7 @@ def _check_against_kron_rows(terms, X, Y, rng):
             raise AssertionError(f"wrong answer in row {row}: error {err.max():.3e}")
 
 
-class KronMatvec:
+class KronMatvec(Synced):
     """(A ⊗ B) vec(X) for square n×n factors: implicit vs dense Kronecker."""
 
     params: ClassVar[list] = [SIZES, ["kron_matvec", "dense_kron"], BACKENDS]
@@ -92,14 +68,14 @@ class KronMatvec:
         A = rng.standard_normal((n, n))
         B = rng.standard_normal((n, n))
         X = rng.standard_normal((*self.batch_shape, n, n))
-        (self.A, self.B, self.X), self.sync = _to_backend([A, B, X], backend)
+        (self.A, self.B, self.X), self.sync = to_backend([A, B, X], backend)
         if method == "kron_matvec":
             self.func = self._implicit
         else:
-            xp = np if backend == "numpy" else torch
+            xp = array_module(backend)
             self.func = lambda: self._dense(xp)
         # accuracy check: a wrong answer is never timed
-        Y = _to_numpy(self.func())
+        Y = to_numpy(self.func())
         _check_against_kron_rows([(A, B)], X, Y, rng)
 
     def _implicit(self):
@@ -111,14 +87,10 @@ class KronMatvec:
         return (vecX @ K.T).reshape(self.X.shape)
 
     def time_matvec(self, n, method, backend):
-        self.func()
-        if self.sync is not None:
-            self.sync()
+        self._timed()
 
     def peakmem_matvec(self, n, method, backend):
-        if self.sync is not None:
-            # peakmem measures host RSS, which says nothing about GPU memory
-            raise SkipNotImplemented("peakmem is host memory only")
+        skip_peakmem_on_gpu(backend)
         self.func()
 
 
@@ -133,36 +105,30 @@ class KronMatvecBatched(KronMatvec):
     batch_shape = (16,)
 
 
-class KronSumMatvec:
+class KronSumMatvec(Synced):
     """Implicit two-term KronSum times a vector (k=1) or 8 columns (k=8)."""
 
-    params: ClassVar[list] = [SIZES, [1, 8]]
-    param_names: ClassVar[list] = ["n", "k"]
+    params: ClassVar[list] = [SIZES, [1, 8], BACKENDS]
+    param_names: ClassVar[list] = ["n", "k", "backend"]
 
-    def setup(self, n, k):
+    def setup(self, n, k, backend):
         rng = np.random.default_rng(SEED)
-        self.terms = [(rng.standard_normal((n, n)), rng.standard_normal((n, n))) for _ in range(2)]
-        self.op = KronSum(self.terms)
+        terms = [(rng.standard_normal((n, n)), rng.standard_normal((n, n))) for _ in range(2)]
+        v = rng.standard_normal(n * n) if k == 1 else rng.standard_normal((n * n, k))
+        (A1, B1, A2, B2, self.v), self.sync = to_backend([*terms[0], *terms[1], v], backend)
+        self.op = KronSum([(A1, B1), (A2, B2)])
+        self.func = (lambda: self.op @ self.v) if k == 1 else (lambda: self.op.matmat(self.v))
+        Y = to_numpy(self.func())
         if k == 1:
-            self.v = rng.standard_normal(n * n)
-            Y = self.op @ self.v
-            X_check, Y_check = self.v.reshape(n, n), Y.reshape(n, n)
+            X_check, Y_check = v.reshape(n, n), Y.reshape(n, n)
         else:
-            self.v = rng.standard_normal((n * n, k))
-            Y = self.op.matmat(self.v)
             # column c of V is vec of the matrix V[:, c].reshape(n, n)
-            X_check = self.v.T.reshape(k, n, n)
-            Y_check = Y.T.reshape(k, n, n)
-        _check_against_kron_rows(self.terms, X_check, Y_check, rng)
+            X_check, Y_check = v.T.reshape(k, n, n), Y.T.reshape(k, n, n)
+        _check_against_kron_rows(terms, X_check, Y_check, rng)
 
-    def time_matvec(self, n, k):
-        if k == 1:
-            self.op @ self.v
-        else:
-            self.op.matmat(self.v)
+    def time_matvec(self, n, k, backend):
+        self._timed()
 
-    def peakmem_matvec(self, n, k):
-        if k == 1:
-            self.op @ self.v
-        else:
-            self.op.matmat(self.v)
+    def peakmem_matvec(self, n, k, backend):
+        skip_peakmem_on_gpu(backend)
+        self.func()

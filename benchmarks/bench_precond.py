@@ -4,7 +4,9 @@ Each benchmark times one training step — forward, backward, ``pre.step()`` and
 inverse refresh on every step (``factor_every = inverse_every = 1``: the most expensive schedule), and the same step
 without a preconditioner as the peer (``approx="none"``), so the ratio of the two is the per-step overhead in units
 of a plain gradient step.  ``setup`` first checks on the same model that one K-FAC step's ``.grad`` equals the dense
-``((G + √λ/π I) ⊗ (A + π√λ I))⁻¹ vec J`` of the last layer (so a wrong answer is never timed).
+``((G + √λ/π I) ⊗ (A + π√λ I))⁻¹ vec J`` of the last layer (so a wrong answer is never timed; the check runs in
+float64 on the CPU).  ``backend``: ``torch`` (CPU) or ``torch-cuda`` (skipped without a GPU; the timed step
+synchronizes).
 """
 
 import math
@@ -14,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.bench_common import to_backend
 from nn_adapters import APPROXIMATIONS, KroneckerPreconditioner
 
 SEED = 1234
@@ -70,26 +73,30 @@ def _check_kfac_last_layer(kind: str) -> None:
 class TimePreconditionerStep:
     """One training step with each approximation (``"none"``: plain SGD, the peer)."""
 
-    params: ClassVar = (["none", *APPROXIMATIONS], ["mlp", "cnn"])
-    param_names: ClassVar = ["approx", "model"]
+    params: ClassVar = (["none", *APPROXIMATIONS], ["mlp", "cnn"], ["torch", "torch-cuda"])
+    param_names: ClassVar = ["approx", "model", "backend"]
     timeout = 300
 
-    def setup(self, approx: str, kind: str) -> None:
+    def setup(self, approx: str, kind: str, backend: str = "torch") -> None:
+        _, self.sync = to_backend([], backend)  # NotImplementedError without a GPU
+        device = "cuda" if backend == "torch-cuda" else "cpu"
         _check_kfac_last_layer(kind)
         torch.manual_seed(SEED)
-        self.model = _mlp() if kind == "mlp" else _cnn()
-        self.x, self.y = _batch(kind, 128)
+        self.model = (_mlp() if kind == "mlp" else _cnn()).to(device)
+        self.x, self.y = (t.to(device) for t in _batch(kind, 128))
         self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9)
         self.pre = None
         if approx != "none":
             self.pre = KroneckerPreconditioner(self.model, approx=approx, damping=1e-2)
         for _ in range(3):  # warm up: statistics exist, warm starts are in place
-            self.time_step(approx, kind)
+            self.time_step(approx, kind, backend)
 
-    def time_step(self, approx: str, kind: str) -> None:
+    def time_step(self, approx: str, kind: str, backend: str = "torch") -> None:
         """Forward, backward, preconditioning, SGD step."""
         self.opt.zero_grad()
         F.cross_entropy(self.model(self.x), self.y).backward()
         if self.pre is not None:
             self.pre.step()
         self.opt.step()
+        if self.sync is not None:
+            self.sync()

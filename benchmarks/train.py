@@ -67,7 +67,7 @@ __all__ = [
     "Method",
     "main",
     "summarize",
-    "time_to_target",
+    "seconds_to_target",
     "train_run",
 ]
 
@@ -542,7 +542,7 @@ def _train(
 # ------------------------------------------------------------------------------------------------- analysis
 
 
-def time_to_target(seconds: Sequence[float], losses: Sequence[float], target: float) -> float:
+def seconds_to_target(seconds: Sequence[float], losses: Sequence[float], target: float) -> float:
     """First time a loss curve reaches ``target``, linearly interpolated between evaluations.
 
     Parameters
@@ -562,7 +562,7 @@ def time_to_target(seconds: Sequence[float], losses: Sequence[float], target: fl
 
     Examples
     --------
-    >>> time_to_target([0.0, 1.0, 2.0], [3.0, 2.0, 1.0], 1.5)
+    >>> seconds_to_target([0.0, 1.0, 2.0], [3.0, 2.0, 1.0], 1.5)
     1.5
     """
     t = np.asarray(seconds, dtype=float)
@@ -694,13 +694,13 @@ def add_targets(summary: dict[str, dict[str, Any]], methods: Sequence[str]) -> d
         s = summary[m]
         c = s.get("curve")
         if c is None or not math.isfinite(target) or s["status"] != "ok":
-            s["time_to_target"] = s["epochs_to_target"] = math.nan
+            s["seconds_to_target"] = s["epochs_to_target"] = math.nan
             continue
-        s["time_to_target"] = time_to_target(c["seconds"], c["loss_mean"], target)
-        s["epochs_to_target"] = time_to_target(c["epochs"], c["loss_mean"], target)
-    ref_time = summary[ref].get("time_to_target", math.nan)
+        s["seconds_to_target"] = seconds_to_target(c["seconds"], c["loss_mean"], target)
+        s["epochs_to_target"] = seconds_to_target(c["epochs"], c["loss_mean"], target)
+    ref_time = summary[ref].get("seconds_to_target", math.nan)
     for m in methods:
-        t = summary[m]["time_to_target"]
+        t = summary[m]["seconds_to_target"]
         summary[m]["time_ratio"] = t / ref_time if ref_time and ref_time > 0 and math.isfinite(t) else math.nan
     return {"reference": ref, "target": target, "reference_time": ref_time}
 
@@ -787,7 +787,7 @@ def format_table(problem: Any, result: dict[str, Any], cfg: Config) -> str:
             final = s["status"]
         total = s["curve"]["seconds"][-1] if "curve" in s and s["status"] == "ok" else math.nan
         lines.append(
-            f"| {m} | {lr} | {damp} | {final} | {_num(s['time_to_target'])} | {_num(s['time_ratio'], '.2f')} "
+            f"| {m} | {lr} | {damp} | {final} | {_num(s['seconds_to_target'])} | {_num(s['time_ratio'], '.2f')} "
             f"| {_num(s['epochs_to_target'], '.2f')} | {_num(s['overhead_median'], '.2f')} "
             f"| {_num(s['overhead_mean'], '.2f')} | {_num(total)} |"
         )

@@ -27,26 +27,26 @@ from benchmarks.train_models import (  # noqa: E402
 
 def test_time_to_target_interpolates_linearly():
     # crosses 1.5 halfway between t=1 (loss 2) and t=3 (loss 1)
-    assert train.time_to_target([0.0, 1.0, 3.0], [4.0, 2.0, 1.0], 1.5) == pytest.approx(2.0)
+    assert train.seconds_to_target([0.0, 1.0, 3.0], [4.0, 2.0, 1.0], 1.5) == pytest.approx(2.0)
 
 
 def test_time_to_target_hits_an_evaluation_exactly():
-    assert train.time_to_target([0.0, 1.0, 2.0], [3.0, 2.0, 1.0], 2.0) == pytest.approx(1.0)
+    assert train.seconds_to_target([0.0, 1.0, 2.0], [3.0, 2.0, 1.0], 2.0) == pytest.approx(1.0)
 
 
 def test_time_to_target_first_crossing_wins():
     # non-monotone curve: the first time the loss is <= target counts, not the last
-    assert train.time_to_target([0.0, 1.0, 2.0, 3.0], [3.0, 1.0, 5.0, 0.5], 1.0) == pytest.approx(1.0)
+    assert train.seconds_to_target([0.0, 1.0, 2.0, 3.0], [3.0, 1.0, 5.0, 0.5], 1.0) == pytest.approx(1.0)
 
 
 def test_time_to_target_already_reached_and_never_reached():
-    assert train.time_to_target([0.5, 1.0], [0.1, 0.05], 1.0) == 0.5
-    assert math.isnan(train.time_to_target([0.0, 1.0], [3.0, 2.0], 1.0))
+    assert train.seconds_to_target([0.5, 1.0], [0.1, 0.05], 1.0) == 0.5
+    assert math.isnan(train.seconds_to_target([0.0, 1.0], [3.0, 2.0], 1.0))
 
 
 def test_time_to_target_validates_shapes():
     with pytest.raises(ValueError, match="equal length"):
-        train.time_to_target([0.0, 1.0], [1.0], 0.5)
+        train.seconds_to_target([0.0, 1.0], [1.0], 0.5)
 
 
 def test_add_targets_uses_adam_final_loss():
@@ -63,10 +63,10 @@ def test_add_targets_uses_adam_final_loss():
     info = train.add_targets(summary, ["sgd", "adam", "kfac"])
     assert info["reference"] == "adam"
     assert info["target"] == pytest.approx(1.5)
-    assert summary["adam"]["time_to_target"] == pytest.approx(2.0)  # mean curve 4, 2, 1.5
-    assert summary["kfac"]["time_to_target"] == pytest.approx(2.5 / 3.0)  # 4 → 1 crosses 1.5 at 5/6
+    assert summary["adam"]["seconds_to_target"] == pytest.approx(2.0)  # mean curve 4, 2, 1.5
+    assert summary["kfac"]["seconds_to_target"] == pytest.approx(2.5 / 3.0)  # 4 → 1 crosses 1.5 at 5/6
     assert summary["kfac"]["time_ratio"] == pytest.approx(2.5 / 6.0)
-    assert math.isnan(summary["sgd"]["time_to_target"])
+    assert math.isnan(summary["sgd"]["seconds_to_target"])
     assert summary["adam"]["final"]["std"] == pytest.approx(math.sqrt(0.5))
 
 
