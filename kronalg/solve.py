@@ -111,7 +111,8 @@ def _norm2_spd_or_sym(xp: Any, X: Any, device: Any, *, seed: int) -> float:
         Y_new = X @ Y
         m = xp.max(xp.abs(Y_new)) + tiny
         Y_new = Y_new / m
-        est = m * xp.max(xp.linalg.vector_norm(Y_new, axis=0) / xp.linalg.vector_norm(Y, axis=0))
+        # + tiny: a (numerically) zero X maps Y to 0, and the next ratio would be 0/0
+        est = m * xp.max(xp.linalg.vector_norm(Y_new, axis=0) / (xp.linalg.vector_norm(Y, axis=0) + tiny))
         Y = Y_new
     return to_scalar(est)
 

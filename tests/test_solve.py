@@ -418,3 +418,14 @@ def test_torch_float32_eigh_failure_falls_back_to_float64(monkeypatch, rng):
     U = KronSumSolver(*args).solve(torch.as_tensor(V, dtype=torch.float32))
     U_ref, _ = dense_solve(A, B, C, D, V, +1)
     np.testing.assert_allclose(U.numpy(), U_ref, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("scale", [0.0, 5e-324, 1e-310])
+def test_zero_or_subnormal_second_term(rng, scale):
+    """C = scale·(symmetric): the norm estimate must not divide 0 by 0 (hypothesis found bound = 5e-324)."""
+    A, B = spd(rng, 2), spd(rng, 3)
+    C, D = scale * np.array([[1.0, 0.5], [0.5, 2.0]]), spd(rng, 3)
+    V = rng.standard_normal((2, 3))
+    U = KronSumSolver(A, B, C, D).solve(V)
+    U_ref, _ = dense_solve(A, B, C, D, V, +1)
+    np.testing.assert_allclose(U, U_ref, rtol=1e-10, atol=1e-12)
