@@ -75,9 +75,13 @@ def to_numpy(x):
 
 
 def require_numpy(backend, what):
-    """Raise ``NotImplementedError`` unless ``backend == "numpy"`` (for NumPy/SciPy-only peers)."""
+    """Skip unless ``backend == "numpy"`` (for NumPy/SciPy-only peers); usable in ``setup`` and in the timed function.
+
+    ``SkipNotImplemented`` is asv's "skipped" inside a benchmark function too (a plain ``NotImplementedError`` only
+    skips when raised in ``setup``; raised in a ``track_``/``time_`` function asv counts it as a failure).
+    """
     if backend != "numpy":
-        raise NotImplementedError(f"{what} runs on NumPy only")
+        raise SkipNotImplemented(f"{what} runs on NumPy only")
 
 
 def skip_peakmem_on_gpu(backend):
