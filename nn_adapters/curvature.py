@@ -129,6 +129,13 @@ def _pairs_from_triplets(triplets: SVDResult, p: int, r: int) -> list[tuple[Tens
     return pairs
 
 
+def _triplet_slice(triplets: SVDResult | None, start: int, stop: int) -> SVDResult | None:
+    """Triplets ``start:stop`` of a warm start (``None`` stays ``None``)."""
+    if triplets is None:
+        return None
+    return SVDResult(triplets.U[:, start:stop], triplets.S[start:stop], triplets.Vh[start:stop])
+
+
 def _psd_part(M: Tensor) -> Tensor:
     """Nearest symmetric PSD matrix (Frobenius): the eigenvalues of the symmetric part clipped at zero."""
     w, Q = _eigh_psd(M)
@@ -347,8 +354,7 @@ class KronRank2(Curvature):
                 A = decay * self.kfac["A"] + (1.0 - decay) * A
             self.kfac = {"G": G, "A": A}
             op = _ema_rearranged(cap, decay, previous, extra=[(G, A)])
-            x1 = None if x0 is None else SVDResult(x0.U[:, 1:], x0.S[1:], x0.Vh[1:])
-            triplets = power_svd(op, x0=x1, tol=tol, maxiter=maxiter, seed=0)
+            triplets = power_svd(op, x0=_triplet_slice(x0, 1, 2), tol=tol, maxiter=maxiter, seed=0)
             xp = array_api_compat.array_namespace(triplets.S)
             Cs, Ds = factors_from_triplets(
                 xp, triplets.U, triplets.S, triplets.Vh, (self.p, self.p), (self.r, self.r), symmetric=False
@@ -362,11 +368,10 @@ class KronRank2(Curvature):
             self.diagnostics["iterations"] = float(triplets.info.iterations)
         else:  # deflation: two power SVDs, the second on the deflated operator
             op = _ema_rearranged(cap, decay, previous)
-            first = power_svd(op, x0=None if x0 is None else SVDResult(x0.U[:, :1], x0.S[:1], x0.Vh[:1]), tol=tol,
-                              maxiter=maxiter, seed=0)  # fmt: skip
+            first = power_svd(op, x0=_triplet_slice(x0, 0, 1), tol=tol, maxiter=maxiter, seed=0)
             second = power_svd(
                 deflate(op, first.U, first.S, first.Vh),
-                x0=None if x0 is None else SVDResult(x0.U[:, 1:], x0.S[1:], x0.Vh[1:]),
+                x0=_triplet_slice(x0, 1, 2),
                 tol=tol,
                 maxiter=maxiter,
                 seed=1,
