@@ -7,12 +7,13 @@ negative log-likelihood's gradient (targets sampled from the model, or given).
 Approximations are :class:`kronalg.KronSum` objects with factors in the order
 (output side, input side).
 
-* :func:`fisher_blocks` — K-FAC, TKFAC, KPSVD, deflation, Lanczos, KFAC-corrected, K-FOC.
+* :func:`fisher_blocks` — K-FAC, TKFAC, KPSVD, deflation, Lanczos, KFAC-corrected, K-FOC, and the low-rank
+  K-FAC family RS-KFAC, B-KFAC, B-R-KFAC, B-KFAC-C.
 * :func:`fisher_sample_sums` — the exact block as an implicit :class:`kronalg.SampleKronSum`.
 * :func:`exact_fisher_blocks` — dense exact blocks from ``torch.func`` per-sample gradients.
 * :func:`register_adapter` — add a layer type.
 * :class:`KroneckerPreconditioner` — natural-gradient preconditioning of ``.grad`` for any torch optimizer,
-  with every approximation above plus the low-rank inverse family (RS-KFAC, B-KFAC, B-R-KFAC, B-KFAC-C).
+  with every approximation above.
 * :class:`DistributedKroneckerPreconditioner` — the same under ``DistributedDataParallel``: per-sample factors
   gathered to each layer's owner rank, which does that layer's curvature work and broadcasts the result (KAISA-style).
 * :class:`KFAC` — Martens & Grosse's complete K-FAC optimizer (block-diagonal or block-tridiagonal inverse,

@@ -28,21 +28,64 @@ Methods
     K-FOC (Schnaus et al.): the best Kronecker product of each minibatch's block,
     combined over minibatches by ``aggregate="running"`` or ``"approx"``
     (:class:`kronalg.StreamingKronecker`).  On a single batch it equals ``"kpsvd"``.
+``"rs_kfac"``, ``"b_kfac"``, ``"b_r_kfac"``, ``"b_kfac_c"``
+    The low-rank K-factors of Puiu (2022), computed by the optimizer's own
+    :class:`nn_adapters.curvature.BrandFamily` (Brand update interval 1).  The
+    K-FAC factors ``G`` and ``A`` are each held as ``U diag(w) Uᵀ`` of rank
+    ``k = truncation_rank`` (capped at the side's dimension ``d``).  ``rs_kfac``
+    (§2.2): top-``k`` randomized EVD of the exact K-FAC factor (an exact ``eigh``
+    when ``k + oversample ≥ d``, the sketch then spanning the whole side).
+    ``b_kfac`` (§3.1, Alg. 4): per minibatch, truncate to ``k`` then apply the
+    symmetric Brand update with the batch's columns, so the result has rank up
+    to ``k + n_M`` (``n_M = n`` for Linear, ``n·T`` for Conv2d) and no
+    ``d × d`` matrix is formed; ``b_r_kfac`` (§3.3, Alg. 5) overwrites the Brand
+    representation by the randomized EVD of the exact running factor every
+    ``rsvd_every`` minibatches; ``b_kfac_c`` (§3.4, Alg. 6–7) applies the light
+    correction to ``max(1, ⌊correct_fraction·k'⌋)`` randomly chosen modes
+    (``k'`` the current rank) every ``correct_every`` minibatches, the first
+    included.  As in the optimizer (Puiu §3.5), a side is Brand-updated only
+    when the first minibatch has ``n_M < d``; otherwise it falls back to the
+    ``rs_kfac`` computation.  The result is one Kronecker pair ``(Ĝ, Â)``, each factor
+    ``M̂ = U diag(w) Uᵀ + μ (I − U Uᵀ)`` with ``μ = min w`` (Puiu's spectrum
+    continuation at zero damping, :func:`kronalg.spectrum_continuation`: the
+    ``d − k`` missing eigenvalues set to the smallest kept one).  This is the
+    factor whose damped inverse the optimizer applies, so the report measures
+    the curvature it really uses; ``continuation=False`` gives the plain
+    ``U diag(w) Uᵀ``.  A side with ``k ≥ d`` is not truncated: it is the exact
+    K-FAC factor (up to rounding and directions of numerically zero
+    eigenvalue), without continuation.
 
 Minibatches are combined exactly wherever the method allows: K-FAC and TKFAC sum
 their statistics; ``kpsvd``, ``deflation``, ``lanczos`` and ``kfac_corrected``
 concatenate every minibatch's factors into one ``SampleKronSum`` (memory
-``N·T·(p + r)``); only ``kfoc`` streams.
+``N·T·(p + r)``); ``kfoc`` and the Puiu methods stream.  The Puiu methods keep
+the exact running mean over the minibatches seen so far: the ``j``-th
+minibatch of ``n_j`` samples enters with decay ``ρ_j = N_{j−1}/N_j``
+(``N_j = n_1 + … + n_j``), i.e. ``ρ_j = 1 − 1/j`` for equal batch sizes, so that
+without truncation they equal ``"kfac"`` on the whole data.  Their randomized
+steps are seeded by ``seed + 1009·(layer index)`` (``seed = 0`` when ``None``)
+and the update count, as in the optimizer.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
+import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from kronalg import KronSum, SampleKronSum, StreamingKronecker, deflate, lanczos_svd, nearest_kronecker
+from kronalg import (
+    KronSum,
+    SampleKronSum,
+    StreamingKronecker,
+    deflate,
+    lanczos_svd,
+    nearest_kronecker,
+    spectrum_continuation,
+)
 from kronalg.nearest import NEAREST_METHODS, factors_from_triplets
 
 from .capture import (
@@ -56,10 +99,36 @@ from .capture import (
 )
 from .layers.linear import kfac_factor_sums
 
-__all__ = ["METHODS", "OPTIONS", "fisher_blocks", "fisher_sample_sums", "kfac_corrected", "tkfac"]
+__all__ = [
+    "BRAND_DEFAULTS",
+    "BRAND_METHODS",
+    "METHODS",
+    "OPTIONS",
+    "check_truncation_rank",
+    "fisher_blocks",
+    "fisher_sample_sums",
+    "kfac_corrected",
+    "side_rank",
+    "tkfac",
+]
 
 #: The approximation methods of :func:`fisher_blocks`.
-METHODS = ("kfac", "tkfac", "kpsvd", "deflation", "lanczos", "kfac_corrected", "kfoc")
+METHODS = (
+    "kfac",
+    "tkfac",
+    "kpsvd",
+    "deflation",
+    "lanczos",
+    "kfac_corrected",
+    "kfoc",
+    "rs_kfac",
+    "b_kfac",
+    "b_r_kfac",
+    "b_kfac_c",
+)
+
+#: The low-rank K-factor methods of Puiu (2022).
+BRAND_METHODS = ("rs_kfac", "b_kfac", "b_r_kfac", "b_kfac_c")
 
 #: Extra options of :func:`fisher_blocks` and the methods that use them (others ignore them).
 OPTIONS = {
@@ -69,6 +138,25 @@ OPTIONS = {
     "nearest_method": 'kpsvd, kfoc: the nearest_kronecker method per block/batch (default "auto")',
     "aggregate": 'kfoc: "running" (default) or "approx"',
     "tkfac_variant": 'tkfac: "exact" (default) or "thm4.3"',
+    "truncation_rank": (
+        "rs_kfac, b_kfac, b_r_kfac, b_kfac_c: rank k of each K-factor, an int >= 1 (capped at the side's "
+        "dimension d) or a float fraction in (0, 1] (k = ceil(fraction·d) per side); default 32, as the optimizer"
+    ),
+    "rsvd_every": "b_r_kfac: randomized-EVD overwrite every this many minibatches (default 10)",
+    "correct_every": "b_kfac_c: light correction every this many minibatches (default 5)",
+    "correct_fraction": "b_kfac_c: fraction in (0, 1] of the modes corrected (default 0.5)",
+    "oversample": "rs_kfac, b_r_kfac, and sides with n_M >= d: oversampling of the randomized EVD (default 10)",
+    "continuation": "rs_kfac, b_kfac, b_r_kfac, b_kfac_c: spectrum continuation of truncated sides (default True)",
+}
+
+#: Defaults of the Puiu options (the optimizer's, :data:`nn_adapters.preconditioner.DEFAULTS`).
+BRAND_DEFAULTS: dict[str, Any] = {
+    "truncation_rank": 32,
+    "rsvd_every": 10,
+    "correct_every": 5,
+    "correct_fraction": 0.5,
+    "oversample": 10,
+    "continuation": True,
 }
 
 _EXACT_SUM_METHODS = ("kpsvd", "deflation", "lanczos", "kfac_corrected")
@@ -84,6 +172,7 @@ def _validate(method: Any, loss: Any, on_unsupported: Any, opts: dict[str, Any])
         raise ValueError(f"unknown option(s) {unknown}; valid options are {sorted(OPTIONS)}")
     cfg = {"tol": None, "maxiter": None, "rank": 2, "nearest_method": "auto", "aggregate": "running"}
     cfg["tkfac_variant"] = "exact"
+    cfg.update(BRAND_DEFAULTS)
     cfg.update(opts)
     if cfg["tol"] is not None and not (isinstance(cfg["tol"], (int, float)) and cfg["tol"] > 0):
         raise ValueError(f"`tol` must be a positive number, got {cfg['tol']!r}")
@@ -99,7 +188,69 @@ def _validate(method: Any, loss: Any, on_unsupported: Any, opts: dict[str, Any])
         raise ValueError(f'`aggregate` must be "running" or "approx", got {cfg["aggregate"]!r}')
     if cfg["tkfac_variant"] not in ("exact", "thm4.3"):
         raise ValueError(f'`tkfac_variant` must be "exact" or "thm4.3", got {cfg["tkfac_variant"]!r}')
+    check_truncation_rank(cfg["truncation_rank"])
+    for name in ("rsvd_every", "correct_every", "oversample"):
+        value = cfg[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+    fraction = cfg["correct_fraction"]
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ValueError(f"`correct_fraction` must be a number in (0, 1], got {fraction!r}")
+    if not isinstance(cfg["continuation"], bool):
+        raise ValueError(f"`continuation` must be a bool, got {cfg['continuation']!r}")
     return cfg
+
+
+def check_truncation_rank(value: Any) -> int | float:
+    """Validate a ``truncation_rank``: an int ``≥ 1`` or a float fraction in ``(0, 1]``.
+
+    Parameters
+    ----------
+    value : int or float
+        The rank, or the fraction of each side's dimension.
+
+    Returns
+    -------
+    int or float
+        ``value``.
+
+    Raises
+    ------
+    ValueError
+        On any other value (``bool`` included).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"`truncation_rank` must be a positive int or a float in (0, 1], got {value!r}")
+    if isinstance(value, int) and value < 1:
+        raise ValueError(f"`truncation_rank` must be a positive int or a float in (0, 1], got {value!r}")
+    if isinstance(value, float) and not 0 < value <= 1:
+        raise ValueError(f"`truncation_rank` must be a positive int or a float in (0, 1], got {value!r}")
+    return value
+
+
+def side_rank(truncation_rank: int | float, d: int) -> int:
+    """The rank kept on a K-factor side of dimension ``d``.
+
+    Parameters
+    ----------
+    truncation_rank : int or float
+        An int ``k ≥ 1`` or a fraction ``f`` in ``(0, 1]``.
+    d : int
+        The side's dimension.
+
+    Returns
+    -------
+    int
+        ``min(k, d)``, or ``ceil(f·d)`` (at least 1, at most ``d``).
+
+    Examples
+    --------
+    >>> side_rank(32, 11), side_rank(0.25, 50), side_rank(0.25, 1)
+    (11, 13, 1)
+    """
+    if isinstance(truncation_rank, float):
+        return min(d, max(1, math.ceil(round(truncation_rank * d, 9))))
+    return min(int(truncation_rank), d)
 
 
 # -- per-layer accumulators -------------------------------------------------------
@@ -190,13 +341,63 @@ class _ExactSum(_Concat):
         return kfac_corrected(S, Gs / N, As / N, tol=tol, maxiter=maxiter)
 
 
-def _accumulator(method: str, cfg: dict) -> Any:
+@functools.cache
+def _brand_block_class() -> type:
+    """:class:`~nn_adapters.curvature.BrandFamily` with a per-side rank (an int, or a fraction of the side).
+
+    Built on first use: :mod:`nn_adapters.curvature` imports this module.
+    """
+    from .curvature import BrandFamily
+
+    class BrandBlock(BrandFamily):
+        def _rank(self, d: int) -> int:
+            return side_rank(self.cfg["truncation_rank"], d)
+
+    return BrandBlock
+
+
+class _Brand:
+    """Streams minibatches through the optimizer's ``BrandFamily`` with the exact running-mean decay."""
+
+    def __init__(self, method: str, cfg: dict, seed: int) -> None:
+        self.method, self.seed = method, seed
+        self.cfg = {name: cfg[name] for name in BRAND_DEFAULTS} | {"brand_every": 1}
+        self.curv: Any = None
+        self.seen = 0
+
+    def update(self, cap: LayerCapture, n: int) -> None:
+        if self.curv is None:
+            p, r = cap.G.shape[-1], cap.A.shape[-1]
+            self.curv = _brand_block_class()(self.method, p, r, self.cfg, seed=self.seed)
+        decay = self.seen / (self.seen + n)  # ρ_j = N_{j-1}/N_j: the exact running mean
+        self.curv.update(cap, decay)
+        self.seen += n
+
+    def result(self, N: int, cfg: dict) -> KronSum:
+        self.curv.refresh(0.0)  # the randomized EVD of the sides kept dense (rs_kfac, and n_M >= d)
+        low = self.curv.low
+        return KronSum([tuple(self._factor(low["U_" + s], low["w_" + s]) for s in ("G", "A"))])
+
+    def _factor(self, U: Tensor, w: Tensor) -> Tensor:
+        """``U diag(w) Uᵀ``, plus ``min(w)·(I − U Uᵀ)`` when the side is truncated (spectrum continuation)."""
+        d = U.shape[0]
+        M = (U * w[None, :]) @ U.T
+        truncated = side_rank(self.cfg["truncation_rank"], d) < d
+        if self.cfg["continuation"] and truncated and 0 < U.shape[1] < d:
+            w_tail, mu = spectrum_continuation(w, 0.0)
+            M = (U * w_tail[None, :]) @ U.T + mu * torch.eye(d, dtype=U.dtype, device=U.device)
+        return 0.5 * (M + M.T)
+
+
+def _accumulator(method: str, cfg: dict, index: int, seed: int | None) -> Any:
     if method == "kfac":
         return _Kfac()
     if method == "tkfac":
         return _Tkfac(cfg["tkfac_variant"])
     if method == "kfoc":
         return _Kfoc(cfg)
+    if method in BRAND_METHODS:
+        return _Brand(method, cfg, (0 if seed is None else seed) + 1009 * index)
     return _ExactSum(method)
 
 
@@ -375,8 +576,13 @@ def fisher_blocks(
         Network whose samples do not interact in the forward pass (eval mode).
     inputs : Tensor of shape (N, ...), or iterable of minibatches
         See :func:`fisher_sample_sums`.
-    method : {"kfac", "tkfac", "kpsvd", "deflation", "lanczos", "kfac_corrected", "kfoc"}
-        The approximation (see the module docstring).
+    method : str
+        The approximation, one of :data:`METHODS`: ``"kfac"``, ``"tkfac"``,
+        ``"kpsvd"``, ``"deflation"``, ``"lanczos"``, ``"kfac_corrected"``,
+        ``"kfoc"``, ``"rs_kfac"``, ``"b_kfac"``, ``"b_r_kfac"``, ``"b_kfac_c"``
+        (see the module docstring).  The last four (Puiu
+        2022) stream the minibatches in order and return one pair of low-rank
+        K-factors with spectrum continuation.
     targets : "sampled", "empirical", Tensor, or iterable of Tensor
         See :func:`fisher_sample_sums`.
     loss : {"cross_entropy", "mse"}
@@ -387,8 +593,12 @@ def fisher_blocks(
         See :func:`fisher_sample_sums`.
     **opts
         ``tol``, ``maxiter``, ``rank``, ``nearest_method``, ``aggregate``,
-        ``tkfac_variant`` (see :data:`OPTIONS`); options a method does not use
-        are ignored, unknown names raise.
+        ``tkfac_variant``; for the Puiu methods ``truncation_rank`` (int ``≥ 1``
+        or a fraction in ``(0, 1]`` of each side's dimension; default 32, the
+        optimizer's), ``rsvd_every`` (10), ``correct_every`` (5),
+        ``correct_fraction`` (0.5), ``oversample`` (10) and ``continuation``
+        (True) (see :data:`OPTIONS` and :data:`BRAND_DEFAULTS`); options a
+        method does not use are ignored, unknown names raise.
 
     Returns
     -------
@@ -413,7 +623,10 @@ def fisher_blocks(
     [('0', (3, 3), (5, 5)), ('2', (2, 2), (4, 4))]
     """
     cfg = _validate(method, loss, on_unsupported, opts)
-    accs, N, unsupported = _run(model, inputs, targets, loss, seed, on_unsupported, lambda: _accumulator(method, cfg))
+    index = itertools.count()
+    accs, N, unsupported = _run(
+        model, inputs, targets, loss, seed, on_unsupported, lambda: _accumulator(method, cfg, next(index), seed)
+    )
     return FisherBlocks(
         {name: acc.result(N, cfg) for name, acc in accs.items()}, unsupported=tuple(unsupported), n_samples=N
     )

@@ -23,6 +23,7 @@ from nn_adapters import (  # noqa: E402
     sample_targets,
 )
 from nn_adapters.capture import make_rng  # noqa: E402
+from nn_adapters.fisher import BRAND_METHODS  # noqa: E402
 
 LOSSES = ["cross_entropy", "mse"]
 
@@ -173,6 +174,8 @@ def test_error_ordering(cases: dict, name: str, loss: str) -> None:
             assert err[m] <= err["kpsvd"] + slack, (layer, err)
             assert len(blocks[m][layer]) == 2
         assert err["kfac_corrected"] <= err["kfac"] + slack, (layer, err)
+        for m in BRAND_METHODS:  # the default truncation rank 32 covers these small layers: K-FAC itself
+            assert abs(err[m] - err["kfac"]) < 1e-9, (m, layer, err)
         assert abs(err["deflation"] - err["lanczos"]) < 1e-6
 
 
@@ -190,7 +193,8 @@ def test_factor_shapes_order_and_symmetry(cases: dict, name: str, loss: str) -> 
             assert K.shape == exact[layer].shape
             dense = K.to_dense()
             torch.testing.assert_close(dense, dense.T, rtol=1e-8, atol=1e-12)
-            if m in ("kfac", "tkfac", "kpsvd", "kfoc"):  # a single PSD pair
+            if m in ("kfac", "tkfac", "kpsvd", "kfoc", *BRAND_METHODS):  # a single PSD pair
+                assert len(K) == 1, m
                 for factor in K.factors[0]:
                     assert float(torch.linalg.eigvalsh(factor).min()) >= -1e-10 * float(factor.abs().max())
 
@@ -338,6 +342,8 @@ def test_weight_sharing_rejected() -> None:
         ({"method": "kpsvd", "tol": -1.0}, "`tol`"),
         ({"method": "kpsvd", "maxiter": 0}, "`maxiter`"),
         ({"method": "kpsvd", "nearest_method": "qr"}, "`nearest_method`"),
+        ({"method": "rs_kfac", "truncation_rank": 0}, "`truncation_rank`"),
+        ({"method": "b_kfac_c", "correct_fraction": 2.0}, "`correct_fraction`"),
         ({"method": "kfac", "targets": "true"}, "`targets` must be one of"),
         ({"method": "kfac", "on_unsupported": "skip"}, "`on_unsupported`"),
     ],

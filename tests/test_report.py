@@ -65,6 +65,16 @@ def test_spectrum_is_descending_and_accepts_tensors():
     assert report.frobenius_error(M, M.clone()) == 0.0
 
 
+def test_kron_spectrum_matches_the_dense_spectrum():
+    from kronalg import KronSum
+
+    G, A = _spd(3, seed=4) - 0.2 * np.eye(3), _spd(4, seed=5)
+    K = KronSum([(torch.from_numpy(G), torch.from_numpy(A))])
+    np.testing.assert_allclose(report.kron_spectrum(K), report.spectrum(np.kron(G, A)), rtol=1e-12, atol=1e-14)
+    assert report.kron_spectrum(KronSum([(G, A), (G, A)])) is None
+    assert report.kron_spectrum(KronSum([(G + np.triu(np.ones((3, 3)), 1), A)])) is None
+
+
 def test_metric_shape_mismatch_raises():
     with pytest.raises(ValueError, match="`F_hat`"):
         report.frobenius_error(np.eye(2), np.eye(3))
@@ -183,6 +193,48 @@ def test_quick_run_json(quick_run):
         for layer, by_label in s["best"].items():
             assert set(by_label) == {"4", "full"}
             assert all(w["method"] in report.METHODS for w in by_label.values()), layer
+
+
+def test_quick_run_includes_the_puiu_methods(quick_run):
+    _, out = quick_run
+    doc = json.loads((out / "report.json").read_text())
+    low_rank = ("rs_kfac", "b_kfac", "b_r_kfac", "b_kfac_c")
+    assert set(low_rank) <= set(report.METHODS) and set(low_rank) <= set(report.RANK_ONE)
+    assert doc["meta"]["truncation_rank"] == report.DEFAULT_TRUNCATION_RANK
+    for m in low_rank:
+        assert doc["meta"]["methods"][m] == {"method": m, "truncation_rank": report.DEFAULT_TRUNCATION_RANK}
+    for s in doc["settings"].values():
+        for layer, spec in s["layers"].items():
+            p, r = spec["W_shape"]
+            assert spec["truncation_ranks"] == [-(-p // 4), -(-r // 4)], layer
+        err = {(r["layer"], r["batch_label"], r["method"]): r["error1"] for r in s["records"]}
+        for (layer, label, method), e in err.items():
+            if method in low_rank:  # one PSD Kronecker product: never below the optimal one
+                assert e >= err[layer, label, "kpsvd"] * (1 - 1e-5) - 1e-9
+
+
+def test_cli_truncation_rank(tmp_path, capsys):
+    argv = ["--quick", "--no-progress", "--settings", "mlp", "--methods", "kfac", "rs_kfac", "b_kfac"]
+    assert report.main([*argv, "--truncation-rank", "1000", "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "report.json").read_text())
+    assert doc["meta"]["methods"]["b_kfac"]["truncation_rank"] == 1000
+    err = {(r["layer"], r["batch_label"], r["method"]): r["error1"] for r in doc["settings"]["mlp"]["records"]}
+    for (layer, label, _), e in err.items():  # untruncated: K-FAC
+        assert e == pytest.approx(err[layer, label, "kfac"], rel=1e-8, abs=1e-12)
+    assert "Puiu truncation ranks 50/50, 11/11" in capsys.readouterr().out
+    for bad in ("0", "1.5", "x"):
+        with pytest.raises(SystemExit) as exc:
+            report.main(["--truncation-rank", bad, "--out", str(tmp_path)])
+        assert exc.value.code == 2
+
+
+def test_method_options_follow_the_cli():
+    ap = report._parser()
+    cfg = report._resolve(ap.parse_args(["--no-continuation", "--truncation-rank", "3"]), ap)
+    assert report.method_options("b_kfac", cfg) == {"truncation_rank": 3, "continuation": False}
+    assert report.method_options("kpsvd", cfg) == {"tol": report.TOL}
+    cfg = report._resolve(ap.parse_args(["--truncation-rank", "0.5"]), ap)
+    assert report.method_options("rs_kfac", cfg) == {"truncation_rank": 0.5}
 
 
 def test_quick_run_kpsvd_is_no_worse_than_kfac(quick_run):
