@@ -698,18 +698,18 @@ SGD_LRS = (0.01, 0.03, 0.1, 0.3, 1.0)
 STEPS = 20
 
 
-def _regression_problem() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """Inputs with scales from 10^-1.5 to 10 (condition ~10^5 of E[x xᵀ]), targets from a teacher that weighs every
-    unscaled feature alike; full batch of 256, MLP 8-16-2 with tanh, loss ½‖f − y‖² averaged over the batch."""
+def _regression_problem(d: int = 8, n: int = 256, width: int = 16) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """Inputs with scales from 10^-1.5 to 10 (condition ~10^5 of E[x xᵀ]), targets from a 16-unit tanh teacher that
+    weighs every unscaled feature alike; full batch of ``n``, MLP d-width-2 with tanh, loss ½‖f − y‖² averaged over
+    the batch."""
     gen = torch.Generator().manual_seed(0)
-    d, n = 8, 256
     Z = torch.randn(n, d, generator=gen, dtype=F64)
     X = Z * torch.logspace(-1.5, 1, d, dtype=F64)
     W1 = torch.randn(16, d, generator=gen, dtype=F64) / math.sqrt(d)
     W2 = torch.randn(2, 16, generator=gen, dtype=F64) / 2
     Y = torch.tanh(Z @ W1.T) @ W2.T
     torch.manual_seed(1)
-    return nn.Sequential(nn.Linear(d, 16), nn.Tanh(), nn.Linear(16, 2)).double(), X, Y
+    return nn.Sequential(nn.Linear(d, width), nn.Tanh(), nn.Linear(width, 2)).double(), X, Y
 
 
 def _train(approx: str | None, lr: float, **kw) -> float:
@@ -1075,15 +1075,7 @@ def test_rank2_leading_pair_stays_definite(approx: str) -> None:
     leading output-side factor G₁ of layer 0 — the solver's ``A`` — has an eigenvalue −0.056 at ‖G₁‖₂ ≈ 800, below
     −√λ/π = −0.033) before ``KronRank2._build_inverse`` projected G₁, A₁ onto the PSD cone.  The run must go on
     with finite parameters."""
-    gen = torch.Generator().manual_seed(0)
-    d, n = 32, 24
-    Z = torch.randn(n, d, generator=gen, dtype=F64)
-    X = Z * torch.logspace(-1.5, 1, d, dtype=F64)
-    W1 = torch.randn(16, d, generator=gen, dtype=F64) / math.sqrt(d)
-    W2 = torch.randn(2, 16, generator=gen, dtype=F64) / 2
-    Y = torch.tanh(Z @ W1.T) @ W2.T
-    torch.manual_seed(1)
-    model = nn.Sequential(nn.Linear(d, 32), nn.Tanh(), nn.Linear(32, 2)).double()
+    model, X, Y = _regression_problem(d=32, n=24, width=32)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     pre = KroneckerPreconditioner(model, approx=approx, damping=1e-3)
     for _ in range(20):  # raised at step 8 before the fix; 20 leaves room for other BLAS builds
